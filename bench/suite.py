@@ -15,6 +15,14 @@ TABLE_COLUMNS = ["label", "seed", "status", "knn_top1", "knn20_top1", "linear_to
                  "collapse", "train_flops", "images_per_s", "wall_s"]
 
 
+def check_data(suite: Suite) -> None:
+    """Fail before any run starts when the data set is missing (one clear error, not N failed runs)."""
+    from bench.data.datasets import load_dataset
+
+    d = suite.dataset
+    load_dataset(d.name, "train", root=d.root, download=d.download, image_size=d.image_size)
+
+
 def run_state(spec: RunSpec, suite_dir: Path) -> str:
     rd = RunDir(suite_dir / spec.run_id)
     if rd.is_finished():
@@ -50,6 +58,7 @@ def run_suite(suite: Suite, results_dir: Path, *, methods: list[str] | None = No
     echo(plan.to_string(index=False))
     if dry_run:
         return {"specs": specs, "plan": plan}
+    check_data(suite)
     suite_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(suite_dir / "suite.json", suite.model_dump(mode="json"))
 
@@ -57,8 +66,8 @@ def run_suite(suite: Suite, results_dir: Path, *, methods: list[str] | None = No
         write_summary(suite_dir)
         status = record.get("status")
         knn = record.get("metrics", {}).get("knn_top1")
-        extra = f" knn_top1={knn:.3f}" if isinstance(knn, float) else f" ({record.get('reason', '')})"
-        echo(f"[{status}] {record['label']} seed {record['seed']}{extra if status == 'ok' else extra}")
+        detail = f"knn_top1={knn:.3f}" if status == "ok" and isinstance(knn, float) else record.get("reason", "")
+        echo(f"[{status}] {record['label']} seed {record['seed']}: {detail}")
 
     executor = get_executor(suite.executor, progress=progress)
     records = executor.run(specs, suite_dir, on_done)

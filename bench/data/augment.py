@@ -288,11 +288,8 @@ def _uniform(lo: float, hi: float, n: int, gen: torch.Generator | None,
 
 def _bernoulli(p: float, n: int, gen: torch.Generator | None, device: torch.device
                ) -> torch.Tensor:
-    """Per-sample boolean draws with probability ``p`` (always drawn, keeps RNG streams aligned)."""
+    """Per-sample boolean draws with probability ``p``."""
     return _rand(n, gen, device) < p
-
-
-# --------------------------------------------------------------------------- geometry
 
 
 def sample_crop_boxes(
@@ -320,10 +317,9 @@ def sample_crop_boxes(
     u_top, u_left = _rand(n, gen, device, 2).unbind(1)
     top = torch.floor(u_top * (height - h + 1))
     left = torch.floor(u_left * (width - w + 1))
-    fb = _fallback_box(height, width, ratio, device)
-    found = ok.any(dim=1)
     box = torch.stack((top, left, h, w), dim=1)
-    return torch.where(found[:, None], box, fb[None, :])
+    fallback = _fallback_box(height, width, ratio, device)
+    return torch.where(ok.any(dim=1, keepdim=True), box, fallback[None, :])
 
 
 def _fallback_box(height: int, width: int, ratio: tuple[float, float],
@@ -340,6 +336,72 @@ def _fallback_box(height: int, width: int, ratio: tuple[float, float],
     return torch.tensor(box, dtype=torch.float32, device=device)
 
 
+def supersample_factor(boxes: torch.Tensor, size: int) -> int:
+    """Anti-aliasing factor k in 1..4: the largest downscale of the batch's crops, rounded.
+
+    k = 1 (plain bilinear) while every crop is shrunk by less than 1.5x.
+    """
+    if boxes.numel() == 0:
+        return 1
+    factor = float(boxes[:, 2:].max()) / size
+    return int(min(_MAX_SUPERSAMPLE, max(1, math.floor(factor + 0.5))))
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """Per-sample random parameters of one view; every tensor is indexed by sample first.
+
+    ``order[i, s]`` is the jitter op (0 brightness, 1 contrast, 2 saturation, 3 hue) that
+    sample i applies at stage s; ``sigma`` is 0 where a sample is not blurred. Fields are
+    None when the spec disables that op (its random numbers are then not drawn).
+    """
+
+    boxes: torch.Tensor
+    flip: torch.Tensor
+    supersample: int = 1
+    jitter_on: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+    gray: torch.Tensor | None = None
+    sigma: torch.Tensor | None = None
+    solarize: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> "ViewParams":
+        """The parameters of samples ``start:stop`` (for chunked application)."""
+        sliced = {f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **sliced)
+
+
+def draw_view_params(spec: CropSpec, n: int, height: int, width: int,
+                     gen: torch.Generator | None = None, device: torch.device | str = "cpu"
+                     ) -> ViewParams:
+    """Draw every random parameter of one view for ``n`` samples of ``height`` x ``width``."""
+    device = torch.device(device)
+    boxes = sample_crop_boxes(n, height, width, spec.scale, spec.ratio, gen, device)
+    out: dict[str, torch.Tensor] = {"boxes": boxes,
+                                    "flip": _bernoulli(spec.hflip_p, n, gen, device)}
+    if spec.jitter_p > 0 and any(j > 0 for j in spec.jitter):
+        out["jitter_on"] = _bernoulli(spec.jitter_p, n, gen, device)
+        b, c, s, hue = spec.jitter
+        cols = [_uniform(max(0.0, 1 - v), 1 + v, n, gen, device) for v in (b, c, s)]
+        cols.append(_uniform(-hue, hue, n, gen, device))
+        out["factors"] = torch.stack(cols, dim=1)
+        out["order"] = torch.argsort(_rand(n, gen, device, 4), dim=1)
+    if spec.gray_p > 0:
+        out["gray"] = _bernoulli(spec.gray_p, n, gen, device)
+    if spec.blur_p > 0:
+        on = _bernoulli(spec.blur_p, n, gen, device)
+        sigma = _uniform(spec.blur_sigma[0], spec.blur_sigma[1], n, gen, device)
+        out["sigma"] = torch.where(on, sigma, torch.zeros_like(sigma))
+    if spec.solarize_p > 0:
+        out["solarize"] = _bernoulli(spec.solarize_p, n, gen, device)
+    return ViewParams(supersample=supersample_factor(boxes, spec.size), **out)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
 _BASE_CACHE: dict[tuple[int, str], torch.Tensor] = {}
 
 
@@ -352,19 +414,13 @@ def _base_coords(size: int, device: torch.device) -> torch.Tensor:
     return _BASE_CACHE[key]
 
 
-def _supersample_factor(boxes: torch.Tensor, size: int) -> int:
-    """Super-sampling factor k (1..4) for anti-aliasing: the batch's largest downscale, rounded."""
-    factor = float(boxes[:, 2:].max()) / size
-    return int(min(_MAX_SUPERSAMPLE, max(1, math.floor(factor + 0.5))))
-
-
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int,
-                antialias: bool = True) -> torch.Tensor:
+                supersample: int = 1) -> torch.Tensor:
     """Resample each image's box (top, left, h, w) to ``size`` x ``size``, flipped where ``flip``.
 
     One affine ``grid_sample`` (bilinear, align_corners=False, border padding) for the
     whole batch; output pixel centres map exactly as torchvision's crop + resize. With
-    ``antialias`` and a downscale >= 1.5x, k x k sub-samples per pixel are averaged.
+    ``supersample`` = k > 1, k x k sub-samples per output pixel are averaged (anti-aliasing).
     """
     n, _, height, width = images.shape
     top, left, h, w = boxes.unbind(1)
@@ -372,11 +428,11 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, s
     sy = h / height
     cx = (2.0 * left + w) / width - 1.0
     cy = (2.0 * top + h) / height - 1.0
-    k = _supersample_factor(boxes, size) if antialias else 1
-    base = _base_coords(size * k, images.device)
-    gx = torch.addcmul(cx[:, None], sx[:, None], base[None, :])  # (n, S)
-    gy = torch.addcmul(cy[:, None], sy[:, None], base[None, :])
+    k = max(1, int(supersample))
     s = size * k
+    base = _base_coords(s, images.device)
+    gx = torch.addcmul(cx[:, None], sx[:, None], base[None, :])  # (n, s)
+    gy = torch.addcmul(cy[:, None], sy[:, None], base[None, :])
     grid = torch.stack((gx[:, None, :].expand(n, s, s), gy[:, :, None].expand(n, s, s)), dim=-1)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
@@ -395,54 +451,43 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue of RGB images (N,3,H,W) in [0,1] by ``shift`` (N,) turns, via HSV.
+    """Rotate the hue of RGB images (N,3,H,W) in [0,1] by ``shift`` (N,) turns, via HSV.
 
     Same maths as torchvision's ``adjust_hue`` (RGB->HSV, h += shift mod 1, HSV->RGB); the
     HSV->RGB step uses the closed form c_n = V - V*S*clamp(min(k, 4-k), 0, 1) with
-    k = (n + 6h) mod 6, n = 5, 3, 1 for R, G, B, which needs no per-sector branching.
+    k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B, which needs no per-sector branching.
     """
     r, g, b = x.unbind(1)
-    minc, maxc = torch.aminmax(x, dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
     delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(maxc == r, (g - b) / safe,
-                    torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    h = torch.remainder(h + 6.0 * shift.view(-1, 1, 1), 6.0)
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device).view(1, 3, 1, 1)
-    k = torch.remainder(h.unsqueeze(1) + n, 6.0)
+    inv = 1.0 / torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, (g - b) * inv,
+                    torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    h = h + 6.0 * shift.view(-1, 1, 1)
+    sector = torch.tensor((5.0, 3.0, 1.0), device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(h.unsqueeze(1) + sector, 6.0)
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(1) - delta.unsqueeze(1) * k
 
 
-def _jitter_factors(spec: CropSpec, n: int, gen: torch.Generator | None,
-                    device: torch.device) -> torch.Tensor:
-    """Per-sample (brightness, contrast, saturation, hue) factors, torchvision ranges, (n, 4)."""
-    b, c, s, hue = spec.jitter
-    cols = [_uniform(max(0.0, 1 - v), 1 + v, n, gen, device) for v in (b, c, s)]
-    cols.append(_uniform(-hue, hue, n, gen, device))
-    return torch.stack(cols, dim=1)
+def color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor,
+                 order: torch.Tensor) -> torch.Tensor:
+    """Per-sample ColorJitter of images in [0, 1] in a per-sample random op order.
 
-
-def color_jitter(x: torch.Tensor, spec: CropSpec, gen: torch.Generator | None = None
-                 ) -> torch.Tensor:
-    """Per-sample ColorJitter with probability ``spec.jitter_p``, random op order per sample.
-
-    Each sample draws factors (torchvision ranges), an apply flag and a permutation of
-    (brightness, contrast, saturation, hue); at stage s it applies op perm[s]. Brightness
-    (f*x), contrast (f*x + (1-f)*mean(gray)) and saturation (f*x + (1-f)*gray) are fused
-    into one blend per stage and clamped to [0, 1] like torchvision's ``_blend``.
+    ``factors`` (N,4) are brightness, contrast, saturation (torchvision ranges) and hue
+    shift; ``order`` (N,4) the op applied at each of 4 stages; samples with ``apply`` False
+    are left unchanged. Brightness (f*x), contrast (f*x + (1-f)*mean(gray)) and saturation
+    (f*x + (1-f)*gray) share one fused blend per stage, clamped to [0, 1] like torchvision's
+    ``_blend``; hue runs only on the samples whose op at that stage is hue.
     """
-    n, ch = x.shape[:2]
-    dev = x.device
-    apply = _bernoulli(spec.jitter_p, n, gen, dev)
-    fac = _jitter_factors(spec, n, gen, dev)
-    perm = torch.argsort(_rand(n, gen, dev, 4), dim=1)  # (n, 4) op index at each stage
-    do_hue = ch == 3 and spec.jitter[3] > 0
+    do_hue = x.shape[1] == 3 and bool((factors[:, 3] != 0).any())
+    none = torch.full_like(order[:, 0], -1)
     for stage in range(4):
-        op = torch.where(apply, perm[:, stage], torch.full_like(perm[:, stage], -1))
-        x = _blend_stage(x, op, fac)
+        op = torch.where(apply, order[:, stage], none)
+        x = _blend_stage(x, op, factors)
         if do_hue:
-            x = _hue_stage(x, op == 3, fac[:, 3])
+            x = _hue_stage(x, op == 3, factors[:, 3])
     return x
 
 
@@ -452,27 +497,36 @@ def _blend_stage(x: torch.Tensor, op: torch.Tensor, fac: torch.Tensor) -> torch.
     zero = torch.zeros_like(one)
     a = torch.where(op == 0, fac[:, 0], torch.where(op == 1, fac[:, 1],
                                                     torch.where(op == 2, fac[:, 2], one)))
-    b = torch.where(op == 2, 1.0 - fac[:, 2], zero).view(-1, 1, 1, 1)
+    if x.shape[1] == 1:  # saturation is a no-op on gray images
+        a = torch.where(op == 2, one, a)
+    b = torch.where(op == 2, 1.0 - fac[:, 2], zero) if x.shape[1] == 3 else zero
     gray = _gray(x)
     c = torch.where(op == 1, (1.0 - fac[:, 1]) * gray.mean(dim=(1, 2, 3)), zero)
-    offset = torch.addcmul(c.view(-1, 1, 1, 1), b, gray)
+    offset = torch.addcmul(c.view(-1, 1, 1, 1), b.view(-1, 1, 1, 1), gray)
     return torch.addcmul(offset, a.view(-1, 1, 1, 1), x).clamp_(0.0, 1.0)
 
 
-def _hue_stage(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue rotation on the samples in ``mask`` only (hue is the costly op)."""
+def _on_subset(x: torch.Tensor, mask: torch.Tensor,
+               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn(x[idx], idx)`` only to the samples in ``mask`` (others keep ``x``).
+
+    Costly ops run on the selected rows only; ``x`` must be a fresh tensor (updated in place).
+    """
     idx = mask.nonzero().squeeze(1)
     if idx.numel() == 0:
         return x
     if idx.numel() == x.shape[0]:
-        return adjust_hue(x, shift)
-    return x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), shift.index_select(0, idx)))
+        return fn(x, idx)
+    return x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))
 
 
-def random_grayscale(x: torch.Tensor, p: float, gen: torch.Generator | None = None
-                     ) -> torch.Tensor:
-    """Replace each RGB sample by its luma (all channels equal) with probability ``p``."""
-    mask = _bernoulli(p, x.shape[0], gen, x.device)
+def _hue_stage(x: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Hue rotation of the samples in ``mask`` by ``shift`` turns."""
+    return _on_subset(x, mask, lambda v, idx: adjust_hue(v, shift[idx]))
+
+
+def apply_grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace RGB samples in ``mask`` by their luma (all channels equal); no-op on 1 channel."""
     if x.shape[1] == 1:
         return x
     return torch.where(mask.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
@@ -486,41 +540,50 @@ def blur_kernel_size(size: int) -> int:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample ``sigma`` (N,) in pixels; sigma <= 0 = identity.
 
-    Uses depthwise convolutions with the batch folded into channels (groups = N*C) and
-    reflect padding, as torchvision's ``gaussian_blur``.
+    Depthwise convolutions with the batch folded into channels (groups = N*C) and reflect
+    padding, as torchvision's ``gaussian_blur``.
     """
     n, ch, hgt, wid = x.shape
     rad = kernel_size // 2
     t = torch.arange(-rad, rad + 1, device=x.device, dtype=x.dtype)
-    s = sigma.clamp(min=1e-6).view(-1, 1)
-    w = torch.exp(-0.5 * (t[None, :] / s) ** 2)
+    w = torch.exp(-0.5 * (t[None, :] / sigma.clamp(min=1e-6).view(-1, 1)) ** 2)
     w = w / w.sum(dim=1, keepdim=True)
-    delta = (t == 0).to(x.dtype)[None, :]
-    w = torch.where((sigma > 0).view(-1, 1), w, delta)  # (n, K)
+    w = torch.where((sigma > 0).view(-1, 1), w, (t == 0).to(x.dtype)[None, :])
     w = w.repeat_interleave(ch, dim=0)  # (n*C, K)
-    y = x.reshape(1, n * ch, hgt, wid)
-    y = F.pad(y, (rad, rad, 0, 0), mode="reflect")
+    y = F.pad(x.reshape(1, n * ch, hgt, wid), (rad, rad, rad, rad), mode="reflect")
     y = F.conv2d(y, w.view(n * ch, 1, 1, kernel_size), groups=n * ch)
-    y = F.pad(y, (0, 0, rad, rad), mode="reflect")
     y = F.conv2d(y, w.view(n * ch, 1, kernel_size, 1), groups=n * ch)
     return y.view(n, ch, hgt, wid)
 
 
-def random_blur(x: torch.Tensor, spec: CropSpec, gen: torch.Generator | None = None
-                ) -> torch.Tensor:
-    """Gaussian blur with probability ``spec.blur_p``, sigma ~ U(spec.blur_sigma) per sample."""
-    n = x.shape[0]
-    mask = _bernoulli(spec.blur_p, n, gen, x.device)
-    sigma = _uniform(spec.blur_sigma[0], spec.blur_sigma[1], n, gen, x.device)
-    return gaussian_blur(x, torch.where(mask, sigma, torch.zeros_like(sigma)),
-                         blur_kernel_size(x.shape[-1]))
+def apply_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur the samples with ``sigma`` > 0 (only those are convolved); others unchanged."""
+    return _on_subset(x, sigma > 0, lambda v, idx: gaussian_blur(v, sigma[idx], kernel_size))
 
 
-def random_solarize(x: torch.Tensor, p: float, gen: torch.Generator | None = None
-                    ) -> torch.Tensor:
-    """Solarize (x >= 0.5 -> 1 - x) each sample with probability ``p`` (BYOL view 2)."""
-    mask = _bernoulli(p, x.shape[0], gen, x.device).view(-1, 1, 1, 1)
-    return torch.where(mask & (x >= 0.5), 1.0 - x, x)
+def apply_solarize(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Solarize the samples in ``mask``: x >= 0.5 -> 1 - x (torchvision threshold 128/255)."""
+    return torch.where(mask.view(-1, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
+
+
+def apply_view(x: torch.Tensor, spec: CropSpec, params: ViewParams) -> torch.Tensor:
+    """One view in [0, 1] of float images ``x`` (N x C x H x W in [0, 1]) with drawn params."""
+    v = crop_resize(x, params.boxes, params.flip, spec.size, params.supersample)
+    if params.factors is not None:
+        v = color_jitter(v, params.jitter_on, params.factors, params.order)
+    if params.gray is not None:
+        v = apply_grayscale(v, params.gray)
+    if params.sigma is not None:
+        v = apply_blur(v, params.sigma, _effective_kernel(spec))
+    if params.solarize is not None:
+        v = apply_solarize(v, params.solarize)
+    return v
+
+
+def _effective_kernel(spec: CropSpec) -> int:
+    """SimCLR's kernel side, cut at 4 sigma_max (dropped taps carry < 1e-4 of the weight)."""
+    rad = min(blur_kernel_size(spec.size) // 2, math.ceil(4 * spec.blur_sigma[1]))
+    return 2 * max(1, rad) + 1
 
 
 # --------------------------------------------------------------------------- public API
@@ -536,21 +599,19 @@ def _stats(values: Sequence[float], channels: int, device: torch.device) -> torc
     return t.reshape(1, channels, 1, 1)
 
 
-def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0,255] (or float [0,1]) B x C x H x W -> float32 [0,1]; validates the layout."""
+def _check_images(images: torch.Tensor) -> None:
+    """Validate a B x C x H x W uint8 (or float [0,1]) batch with C in {1, 3}."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected B x C x H x W with C in (1, 3), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+
+
+def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0,255] (or float [0,1]) -> float32 [0,1]."""
     if images.dtype == torch.uint8:
         return images.to(torch.float32).mul_(1.0 / 255.0)
-    if images.is_floating_point():
-        return images.to(torch.float32)
-    raise TypeError(f"expected uint8 or float images, got {images.dtype}")
-
-
-def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std in one fused pass."""
-    inv = 1.0 / std
-    return torch.addcmul(-mean * inv, x, inv)
+    return images.to(torch.float32)
 
 
 class BatchAugmenter:
@@ -559,7 +620,14 @@ class BatchAugmenter:
     ``mean``/``std`` are per-channel values on the [0, 1] scale. Calling it returns one
     float32 normalised B x C x size x size tensor per view, in recipe order, on the device
     of the input. Pass a ``torch.Generator`` on that device for reproducible draws.
+
+    All random parameters are drawn for the whole batch first; the ops then run on the
+    whole batch at once on accelerators, and on CPU over chunks of about ``cpu_chunk_elems``
+    floats per tensor (large temporaries cost page faults there, which made 224-px batches
+    several times slower). Results do not depend on the chunking.
     """
+
+    cpu_chunk_elems: int = 1 << 18
 
     def __init__(self, recipe: ViewRecipe, mean: Sequence[float], std: Sequence[float]) -> None:
         """Store the recipe and normalisation statistics."""
@@ -577,31 +645,30 @@ class BatchAugmenter:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None
                  ) -> list[torch.Tensor]:
         """Augment ``images`` (uint8 B x C x H x W, C in {1, 3}) into ``n_views`` views."""
-        x = _to_unit_float(images)
-        ch = x.shape[1]
-        mean = _stats(self.mean, ch, x.device)
-        std = _stats(self.std, ch, x.device)
-        return [_normalize(self.view(x, spec, generator), mean, std)
-                for spec in self.recipe.expanded()]
+        _check_images(images)
+        n, ch, hgt, wid = images.shape
+        dev = images.device
+        if generator is not None and generator.device.type != dev.type:
+            raise ValueError(f"generator is on {generator.device}, images on {dev}")
+        specs = self.recipe.expanded()
+        params = [draw_view_params(s, n, hgt, wid, generator, dev) for s in specs]
+        inv = 1.0 / _stats(self.std, ch, dev)
+        bias = -_stats(self.mean, ch, dev) * inv
+        outs = [torch.empty(n, ch, s.size, s.size, device=dev) for s in specs]
+        step = self._chunk(images.shape, specs) if dev.type == "cpu" else max(n, 1)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            x = _to_unit_float(images[start:stop])
+            for spec, p, out in zip(specs, params, outs):
+                v = apply_view(x, spec, p.rows(start, stop))
+                torch.addcmul(bias, v, inv, out=out[start:stop])
+        return outs
 
-    @staticmethod
-    def view(x: torch.Tensor, spec: CropSpec, generator: torch.Generator | None = None
-             ) -> torch.Tensor:
-        """One un-normalised view in [0, 1] of float images ``x`` (B x C x H x W in [0, 1])."""
-        n, _, hgt, wid = x.shape
-        dev = x.device
-        boxes = sample_crop_boxes(n, hgt, wid, spec.scale, spec.ratio, generator, dev)
-        flip = _bernoulli(spec.hflip_p, n, generator, dev)
-        v = crop_resize(x, boxes, flip, spec.size)
-        if spec.jitter_p > 0 and any(j > 0 for j in spec.jitter):
-            v = color_jitter(v, spec, generator)
-        if spec.gray_p > 0:
-            v = random_grayscale(v, spec.gray_p, generator)
-        if spec.blur_p > 0:
-            v = random_blur(v, spec, generator)
-        if spec.solarize_p > 0:
-            v = random_solarize(v, spec.solarize_p, generator)
-        return v
+    def _chunk(self, shape: torch.Size, specs: Sequence[CropSpec]) -> int:
+        """Samples per CPU chunk: about ``cpu_chunk_elems`` floats in the largest tensor."""
+        _, ch, hgt, wid = shape
+        per_sample = ch * max(hgt * wid, max(s.size for s in specs) ** 2)
+        return max(1, self.cpu_chunk_elems // per_sample)
 
 
 def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -611,6 +678,7 @@ def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     With ``size``, the shorter side is resized to ``size`` (bilinear, anti-aliased) and the
     centre ``size`` x ``size`` square is kept (Resize + CenterCrop of the eval protocols).
     """
+    _check_images(images)
     x = _to_unit_float(images)
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         hgt, wid = x.shape[-2:]
@@ -621,4 +689,5 @@ def to_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[flo
         top, left = (new[0] - size) // 2, (new[1] - size) // 2
         x = x[:, :, top:top + size, left:left + size]
     ch = x.shape[1]
-    return _normalize(x, _stats(mean, ch, x.device), _stats(std, ch, x.device)).contiguous()
+    inv = 1.0 / _stats(std, ch, x.device)
+    return torch.addcmul(-_stats(mean, ch, x.device) * inv, x, inv)

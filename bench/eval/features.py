@@ -34,6 +34,11 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+def _floats(values: Sequence[float] | torch.Tensor) -> list[float]:
+    """Per-channel statistics (sequence, array or tensor) as a plain list of floats."""
+    return [float(v) for v in torch.as_tensor(values).flatten()]
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
                      std: Sequence[float] | torch.Tensor, *, batch_size: int = 256,
@@ -52,7 +57,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, mean: Sequence[fl
     if images.ndim != 4:
         raise ValueError(f"images must be N×C×H×W, got shape {tuple(images.shape)}")
     device = torch.device(device)
-    mean, std = [float(v) for v in torch.as_tensor(mean).flatten()], [float(v) for v in torch.as_tensor(std).flatten()]
+    mean, std = _floats(mean), _floats(std)
     chunks: list[torch.Tensor] = []
     with eval_mode(encoder):
         for start in range(0, images.shape[0], batch_size):

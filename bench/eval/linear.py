@@ -8,10 +8,12 @@ test set exactly once (PROTOCOLS.md; Ericsson et al. 2021 ``ssl-transfer/linear.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from bench.data.augment import BatchAugmenter, CropSpec, ViewRecipe
 from bench.eval.features import eval_mode, extract_features
 
 __all__ = ["linear_probe", "sgd_linear_probe", "train_val_split", "fit_logreg", "DEFAULT_CS",
@@ -128,3 +131,128 @@ def linear_probe(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, test
             "standardize": bool(standardize), "max_iter": int(max_iter), "seed": int(seed),
             "selection": "val split of train", "protocol": "linear_lbfgs",
             "seconds": time.perf_counter() - start}
+
+
+# --------------------------------------------------------------------------- SGD probe
+
+
+def _probe_crop(recipe: ViewRecipe | None, image_size: int) -> CropSpec:
+    """The single training view of the SGD probe: the recipe's first crop (one view), or
+    random-resized crop (0.08-1) + flip without colour distortion (MoCo ``main_lincls.py``)."""
+    if recipe is None:
+        return CropSpec(int(image_size), jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0)
+    return dataclasses.replace(recipe.crops[0], count=1)
+
+
+def _make_head(dim: int, num_classes: int, batchnorm: bool, device: torch.device) -> nn.Module:
+    """Linear classifier, weights N(0, 0.01) and zero bias as MoCo ``main_lincls.py``; with
+    ``batchnorm`` a parameter-free BatchNorm precedes it (MAE linear probe, ``FINETUNE.md``)."""
+    linear = nn.Linear(dim, num_classes)
+    nn.init.normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
+    layers = [nn.BatchNorm1d(dim, affine=False), linear] if batchnorm else [linear]
+    return nn.Sequential(*layers).to(device)
+
+
+@torch.no_grad()
+def _encode(encoder: nn.Module, x: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Frozen-encoder features of a normalised float batch (channels_last on CUDA), float32 N×D."""
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        return encoder(x).flatten(1).float()
+
+
+@dataclass(frozen=True)
+class _SGDConfig:
+    """Settings shared by every head trained in one SGD-probe call."""
+
+    epochs: int
+    batch_size: int
+    dim: int
+    num_classes: int
+    batchnorm: bool
+    seed: int
+    device: torch.device
+    amp: bool
+
+
+def _train_head(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                augment: BatchAugmenter, lr: float, cfg: _SGDConfig) -> nn.Module:
+    """Train a linear head on augmented views through the frozen encoder: SGD momentum 0.9,
+    wd 0, per-step cosine decay to zero over ``cfg.epochs``; returns the head after the LAST step."""
+    cpu_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    n = images.shape[0]
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    head = _make_head(cfg.dim, cfg.num_classes, cfg.batchnorm, cfg.device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    step = 0
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(n, generator=cpu_gen).split(cfg.batch_size):
+            x = augment(images[idx].to(cfg.device, non_blocking=True), generator=aug_gen)[0]
+            feats = _encode(encoder, x, cfg.amp)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(feats), labels[idx].to(cfg.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.eval()
+
+
+@torch.no_grad()
+def _head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (fraction) of a trained head on precomputed un-augmented features."""
+    device = next(head.parameters()).device
+    pred = head(features.to(device)).argmax(dim=1).cpu()
+    return float((pred == labels.cpu()).float().mean())
+
+
+def sgd_linear_probe(encoder: nn.Module, train_images: torch.Tensor, train_labels: ArrayLike,
+                     test_images: torch.Tensor, test_labels: ArrayLike, *,
+                     mean: Sequence[float], std: Sequence[float], recipe: ViewRecipe | None = None,
+                     epochs: int = 100, lrs: Sequence[float] = DEFAULT_SGD_LRS, batch_size: int = 256,
+                     val_fraction: float = 0.2, seed: int = 0, device: str | torch.device = "cpu",
+                     sweep_epochs: int | None = None, batchnorm: bool = False,
+                     amp: bool = False) -> dict[str, Any]:
+    """SGD linear probe of a frozen encoder (MoCo ``main_lincls.py``; solo-learn linear configs).
+
+    The encoder stays in eval mode throughout (BatchNorm statistics frozen, no gradients); a
+    linear head is trained on random-resized-crop + flip views (``recipe``'s first crop if given)
+    with SGD momentum 0.9, weight decay 0 and a cosine schedule. Because the right lr differs by
+    100x between methods, each lr in ``lrs`` (absolute, for ``batch_size``) is trained for
+    ``sweep_epochs`` (default ``epochs``) on a stratified split of the TRAIN images and scored on
+    the held-out part at its last epoch; the chosen lr is retrained on all training images and
+    the LAST epoch is scored once on the test set (never best-on-test). Evaluation views are
+    un-augmented (shorter side resized to the crop size, centre crop).
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    y, yt = torch.as_tensor(_numpy(train_labels, np.int64)), torch.as_tensor(_numpy(test_labels, np.int64))
+    crop = _probe_crop(recipe, train_images.shape[-1])
+    augment = BatchAugmenter(ViewRecipe((crop,)), mean, std)
+    fit_idx, val_idx = (torch.as_tensor(i) for i in train_val_split(y.numpy(), val_fraction, seed))
+    extract = dict(mean=mean, std=std, batch_size=batch_size, device=device, image_size=crop.size, amp=amp)
+    grid: dict[float, float] = {}
+    with eval_mode(encoder):
+        val_f = extract_features(encoder, train_images[val_idx], **extract)
+        num_classes = int(max(y.max(), yt.max())) + 1
+        cfg = _SGDConfig(epochs, batch_size, val_f.shape[1], num_classes, batchnorm, seed, device, amp)
+        sweep_cfg = dataclasses.replace(cfg, epochs=sweep_epochs or epochs)
+        fit_images, fit_y = train_images[fit_idx], y[fit_idx]
+        for lr in sorted(float(v) for v in lrs):
+            head = _train_head(encoder, fit_images, fit_y, augment, lr, sweep_cfg)
+            grid[lr] = _head_accuracy(head, val_f, y[val_idx])
+        best_lr = max(grid, key=lambda v: (grid[v], -v))  # ties -> smaller lr
+        head = _train_head(encoder, train_images, y, augment, best_lr, cfg)
+        top1 = _head_accuracy(head, extract_features(encoder, test_images, **extract), yt)
+    return {"top1": top1, "best_lr": best_lr, "val_top1": grid[best_lr], "grid": grid,
+            "best_lr_at_grid_edge": best_lr in (min(grid), max(grid)), "epochs": int(epochs),
+            "sweep_epochs": int(sweep_cfg.epochs), "batch_size": int(batch_size),
+            "val_fraction": float(val_fraction), "optimizer": "sgd", "momentum": 0.9,
+            "weight_decay": 0.0, "schedule": "cosine", "head_batchnorm": bool(batchnorm),
+            "augmentation": dataclasses.asdict(crop), "reported_epoch": "last", "seed": int(seed),
+            "n_train": int(len(y)), "n_test": int(len(yt)), "selection": "val split of train",
+            "protocol": "linear_sgd", "seconds": time.perf_counter() - start}
