@@ -94,3 +94,23 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
         q /= q.sum(dim=0, keepdim=True)
         q /= b
     return (q * b).T
+
+
+def swapped_prediction(
+    assignments: list[torch.Tensor], scores: list[torch.Tensor], temperature: float
+) -> torch.Tensor:
+    """SwAV swapped-prediction loss (Caron et al. 2020, Eq. 1–2; ``main_swav.py``).
+
+    ``assignments[s]``: B×K codes Q_s of assignment crop s (no grad); ``scores``: B×K prototype
+    scores z̄ᵀC of ALL V crops, the assignment crops first. For each s, the mean over the other
+    crops t ≠ s of CE(Q_s, softmax(S_t/τ)), then the mean over s:
+    L = (1/|S|) Σ_s (1/(V−1)) Σ_{t≠s} mean_b[−Σ_k Q_s·log softmax(S_t/τ)].
+    """
+    if len(scores) < 2:
+        raise ValueError("swapped prediction needs at least two crops")
+    total = scores[0].new_zeros((), dtype=torch.float32)
+    for s, q in enumerate(assignments):
+        others = [t for t in range(len(scores)) if t != s]
+        sub = sum(cross_entropy_soft(q.detach(), scores[t].float() / temperature) for t in others)
+        total = total + sub / len(others)
+    return total / len(assignments)

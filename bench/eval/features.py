@@ -44,7 +44,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, mean: Sequence[fl
                      std: Sequence[float] | torch.Tensor, *, batch_size: int = 256,
                      device: str | torch.device = "cpu", image_size: int | None = None,
                      amp: bool = False) -> torch.Tensor:
-    """Run a frozen ``encoder`` over uint8 ``images`` (N×C×H×W, CPU) and return N×D float32 CPU features.
+    """Features of uint8 ``images`` (N×C×H×W, CPU) from a frozen ``encoder``: N×D float32, CPU.
 
     The encoder is switched to eval mode for the extraction (BatchNorm uses running statistics,
     dropout off) and every sub-module's mode is restored afterwards. Batches are moved to

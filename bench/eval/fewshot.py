@@ -52,7 +52,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def sample_k_per_class(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of exactly ``k`` samples of every class present in ``labels``, without replacement."""
+    """Indices of exactly ``k`` samples of every class in ``labels``, without replacement."""
     picks = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
@@ -75,9 +75,10 @@ def few_shot(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, test_y: 
     """
     x, y = _l2_normalize(_numpy(train_f, np.float32)), _numpy(train_y, np.int64)
     xt, yt = _l2_normalize(_numpy(test_f, np.float32)), _numpy(test_y, np.int64)
-    out: dict[str, Any] = {"fewshot_C": float(C), "fewshot_draws": int(draws), "fewshot_seed": int(seed),
-                           "fewshot_features": "l2-normalised", "fewshot_ci": "95% Student t",
-                           "fewshot_shots": [int(k) for k in shots]}
+    out: dict[str, Any] = {
+        "fewshot_C": float(C), "fewshot_draws": int(draws), "fewshot_seed": int(seed),
+        "fewshot_features": "l2-normalised", "fewshot_ci": "95% Student t",
+        "fewshot_shots": [int(k) for k in shots]}
     for k in shots:
         accs = []
         for d in range(draws):
@@ -100,8 +101,10 @@ def label_fraction_subsets(labels: ArrayLike, fractions: Sequence[float] = (0.01
     y = _numpy(labels, np.int64)
     rng = np.random.default_rng(seed)
     orders = {int(c): rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)}
-    return {float(f): np.sort(np.concatenate([o[:max(1, round(f * len(o)))] for o in orders.values()]))
-            for f in fractions}
+    def take(f: float) -> np.ndarray:
+        return np.sort(np.concatenate([o[:max(1, round(f * len(o)))] for o in orders.values()]))
+
+    return {float(f): take(f) for f in fractions}
 
 
 def _pct_key(fraction: float) -> str:
@@ -118,7 +121,8 @@ def semi_supervised(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, t
     ``label1pct_top1``, ``label1pct_best_C``, ``label1pct_n`` (and likewise for 10%).
     """
     x, y = _numpy(train_f, np.float32), _numpy(train_y, np.int64)
-    out: dict[str, Any] = {"label_fraction_seed": int(seed), "label_fraction_protocol": "linear_lbfgs"}
+    out: dict[str, Any] = {"label_fraction_seed": int(seed),
+                           "label_fraction_protocol": "linear_lbfgs"}
     for f, idx in label_fraction_subsets(y, fractions, seed).items():
         res = linear_probe(x[idx], y[idx], test_f, test_y, seed=seed)
         key = _pct_key(f)
@@ -150,15 +154,17 @@ def prototype_episodes(features: ArrayLike, labels: ArrayLike, *, ways: int = 5,
 
     Each episode samples ``ways`` classes, ``shot`` support and ``queries`` query images per class
     from ``features`` (L2-normalised; usually a held-out/test set of classes), and classifies the
-    queries by the nearest class mean. Reports per shot the mean accuracy ``episodes_{ways}way_{shot}shot``
-    and ``..._ci95`` = 1.96·std/sqrt(episodes), as in PROTOCOLS.md.
+    queries by the nearest class mean. Reports per shot the mean accuracy
+    ``episodes_{ways}way_{shot}shot`` and ``..._ci95`` = 1.96·std/sqrt(episodes) (PROTOCOLS.md).
     """
     x, y = _l2_normalize(_numpy(features, np.float64)), _numpy(labels, np.int64)
     out: dict[str, Any] = {"episodes": int(episodes), "episode_ways": int(ways),
-                           "episode_queries": int(queries), "episode_classifier": "nearest centroid"}
+                           "episode_queries": int(queries),
+                           "episode_classifier": "nearest centroid"}
     for shot in shots:
         rng = np.random.default_rng([seed, int(shot)])
-        accs = np.array([_episode_accuracy(x, y, rng, ways, int(shot), queries) for _ in range(episodes)])
+        accs = np.array([_episode_accuracy(x, y, rng, ways, int(shot), queries)
+                         for _ in range(episodes)])
         key = f"episodes_{ways}way_{shot}shot"
         out[key] = float(accs.mean())
         out[f"{key}_ci95"] = float(1.96 * accs.std() / math.sqrt(episodes))

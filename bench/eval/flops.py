@@ -36,7 +36,7 @@ CONVENTION = "MACs (1 multiply-add = 1)"
 
 def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     """fvcore handle for ``aten::scaled_dot_product_attention``: QKᵀ costs ``B·H·L·S·E`` and
-    AV costs ``B·H·L·S·Ev`` MACs (= 2·B·H·L·S·Dh when E = Ev), with any leading batch dims."""
+    AV costs ``B·H·L·S·Ev`` MACs (= 2·B·H·L·S·Dh when E = Ev); any leading batch dims."""
     q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
     *batch, length, e = q_shape
     source = k_shape[-2]
@@ -104,7 +104,8 @@ def count_macs(model: nn.Module, inputs: tuple) -> dict[str, Any]:
     {aten op: count} (ops fvcore cannot count, mostly element-wise), "convention"}``.
     """
     total, by_module, unsupported = _run(model, inputs)
-    return {"macs": total, "by_module": by_module, "unsupported": unsupported, "convention": CONVENTION}
+    return {"macs": total, "by_module": by_module, "unsupported": unsupported,
+            "convention": CONVENTION}
 
 
 def _first_device(module: nn.Module) -> torch.device:
@@ -178,5 +179,6 @@ def training_macs_per_step(step_fn_module: nn.Module, inputs: tuple) -> dict[str
     trainable = int(split["trainable"])
     return {"forward_macs": total, "trainable_forward_macs": trainable,
             "frozen_forward_macs": int(split["frozen"]), "other_forward_macs": int(split["other"]),
-            "train_macs": total + 2 * trainable, "unsupported": unsupported, "convention": CONVENTION,
+            "train_macs": total + 2 * trainable, "unsupported": unsupported,
+            "convention": CONVENTION,
             "backward_rule": "2 x forward of modules whose parameters all require grad"}

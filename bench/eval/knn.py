@@ -17,11 +17,12 @@ __all__ = ["knn_classify", "knn_protocols", "KNN_SETTINGS"]
 
 ArrayLike = torch.Tensor | np.ndarray
 
-#: (result-key prefix, k, temperature): CIFAR setting of InstDisc/MoCo demo, ImageNet setting of DINO.
+#: (result-key prefix, k, temperature): CIFAR setting (InstDisc / MoCo demo) and ImageNet (DINO).
 KNN_SETTINGS: tuple[tuple[str, int, float], ...] = (("knn", 200, 0.1), ("knn20", 20, 0.07))
 
 
-def _as_tensor(x: ArrayLike, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+def _as_tensor(x: ArrayLike, dtype: torch.dtype,
+               device: torch.device | None = None) -> torch.Tensor:
     """Tensor view of an array or tensor, cast to ``dtype`` (on ``device`` when given)."""
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     return t.to(device=device if device is not None else t.device, dtype=dtype)
@@ -64,8 +65,9 @@ def knn_classify(train_features: ArrayLike, train_labels: ArrayLike, test_featur
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
     n_test = test.shape[0]
-    return {"top1": correct1 / n_test, "top5": correct5 / n_test, "k": int(k), "k_effective": k_eff,
-            "temperature": float(temperature), "n_train": int(train.shape[0]), "n_test": int(n_test)}
+    return {"top1": correct1 / n_test, "top5": correct5 / n_test, "k": int(k),
+            "k_effective": k_eff, "temperature": float(temperature),
+            "n_train": int(train.shape[0]), "n_test": int(n_test)}
 
 
 def knn_protocols(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, test_y: ArrayLike,

@@ -28,13 +28,13 @@ from torch import nn
 from bench.data.augment import BatchAugmenter, CropSpec, ViewRecipe
 from bench.eval.features import eval_mode, extract_features
 
-__all__ = ["linear_probe", "sgd_linear_probe", "train_val_split", "fit_logreg", "DEFAULT_CS",
-           "DEFAULT_SGD_LRS"]
+__all__ = ["linear_probe", "sgd_linear_probe", "train_val_split", "fit_logreg", "pick_best",
+           "DEFAULT_CS", "DEFAULT_SGD_LRS"]
 
 ArrayLike = torch.Tensor | np.ndarray
 
 #: Inverse L2 strength grid for standardised features (sklearn objective: C·Σloss + ½||w||²).
-DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 7))
+DEFAULT_CS: tuple[float, ...] = tuple(float(f"{c:g}") for c in np.logspace(-5, 2, 8))
 #: SGD probe lr grid: spans solo-learn's per-method optima (0.1 … 30, PROTOCOLS.md) at batch 256.
 DEFAULT_SGD_LRS: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -46,7 +46,8 @@ def _numpy(x: ArrayLike, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def train_val_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(labels: np.ndarray, val_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of ``range(len(labels))`` into (fit, validation) index arrays.
 
     Falls back to a plain seeded split when some class has fewer than two samples, where
@@ -60,6 +61,15 @@ def train_val_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
     fit_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed,
                                         stratify=stratify)
     return np.sort(fit_idx), np.sort(val_idx)
+
+
+def pick_best(grid: dict[float, float]) -> float:
+    """Hyper-parameter with the highest validation accuracy; among tied values the (lower)
+    median of the tied ones, so small validation sets that cannot tell values apart do not
+    push the choice to an extreme end of the grid."""
+    best = max(grid.values())
+    tied = sorted(v for v, acc in grid.items() if acc == best)
+    return tied[(len(tied) - 1) // 2]
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, max_iter: int,
@@ -99,7 +109,7 @@ def _select_C(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], val_fraction: f
         models[C] = prev
         if not ok:
             not_converged.append(C)
-    best_C = max(grid, key=lambda c: (grid[c], -c))  # ties -> stronger regularisation
+    best_C = pick_best(grid)
     return {"grid": grid, "best_C": best_C, "model": models[best_C], "not_converged": not_converged,
             "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx))}
 
@@ -110,10 +120,12 @@ def linear_probe(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, test
     """Offline linear probe: multinomial logistic regression (L-BFGS) on frozen features.
 
     ``C`` is chosen by accuracy on a seeded stratified ``val_fraction`` split of the TRAIN set
-    (ties go to the smaller C), the model is refit on all training data with that C (warm-started
-    from the selection fit) and the test set is scored once (Ericsson et al. 2021; CLIP appendix A.3).
-    Features are float32 and standardised with training statistics only; the C grid is swept in
+    (ties: median of the tied values), the model is refit on all training data with that C
+    (warm-started from the selection fit) and the test set is scored once (Ericsson et al. 2021;
+    CLIP appendix A.3). Features are float32 and standardised with training statistics only
+    (selection: fit-split statistics; final model: all-train statistics); the C grid is swept in
     ascending order with warm starts, which keeps 50k×2048 feasible on a few CPU cores.
+    ``C`` is sklearn's (objective ``C·Σ loss + ½||w||²``), so one C regularises less as n grows.
     """
     start = time.perf_counter()
     x, y = _numpy(train_f, np.float32), _numpy(train_y, np.int64)
@@ -121,13 +133,15 @@ def linear_probe(train_f: ArrayLike, train_y: ArrayLike, test_f: ArrayLike, test
     sel = _select_C(x, y, Cs, val_fraction, seed, max_iter, standardize)
     x_all, x_test = _standardize(x, xt, enabled=standardize)
     same_classes = np.array_equal(sel["model"].classes_, np.unique(y))
-    final, ok = fit_logreg(x_all, y, sel["best_C"], max_iter, init=sel["model"] if same_classes else None)
     best_C = sel["best_C"]
+    final, ok = fit_logreg(x_all, y, best_C, max_iter, init=sel["model"] if same_classes else None)
     return {"top1": float((final.predict(x_test) == yt).mean()), "best_C": best_C,
-            "val_top1": sel["grid"][best_C], "grid": sel["grid"], "val_fraction": float(val_fraction),
+            "val_top1": sel["grid"][best_C], "grid": sel["grid"],
+            "val_fraction": float(val_fraction),
             "best_C_at_grid_edge": best_C in (min(sel["grid"]), max(sel["grid"])),
             "not_converged_Cs": sel["not_converged"] + ([] if ok else ["final"]),
-            "n_fit": sel["n_fit"], "n_val": sel["n_val"], "n_train": int(len(y)), "n_test": int(len(yt)),
+            "n_fit": sel["n_fit"], "n_val": sel["n_val"], "n_train": int(len(y)),
+            "n_test": int(len(yt)),
             "standardize": bool(standardize), "max_iter": int(max_iter), "seed": int(seed),
             "selection": "val split of train", "protocol": "linear_lbfgs",
             "seconds": time.perf_counter() - start}
@@ -180,7 +194,8 @@ class _SGDConfig:
 def _train_head(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 augment: BatchAugmenter, lr: float, cfg: _SGDConfig) -> nn.Module:
     """Train a linear head on augmented views through the frozen encoder: SGD momentum 0.9,
-    wd 0, per-step cosine decay to zero over ``cfg.epochs``; returns the head after the LAST step."""
+    wd 0, per-step cosine decay to zero over ``cfg.epochs``; returns the head after the LAST
+    step."""
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     n = images.shape[0]
@@ -210,13 +225,28 @@ def _head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor
     return float((pred == labels.cpu()).float().mean())
 
 
+def _sweep_lr(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+              augment: BatchAugmenter, lrs: Sequence[float], val_fraction: float,
+              cfg: _SGDConfig, extract: dict[str, Any]) -> dict[float, float]:
+    """Validation accuracy (last epoch) per lr, all on a stratified split of the TRAIN images."""
+    fit_idx, val_idx = (torch.as_tensor(i)
+                        for i in train_val_split(labels.numpy(), val_fraction, cfg.seed))
+    val_f = extract_features(encoder, images[val_idx], **extract)
+    fit_images, fit_y = images[fit_idx], labels[fit_idx]
+    grid: dict[float, float] = {}
+    for lr in sorted(float(v) for v in lrs):
+        head = _train_head(encoder, fit_images, fit_y, augment, lr, cfg)
+        grid[lr] = _head_accuracy(head, val_f, labels[val_idx])
+    return grid
+
+
 def sgd_linear_probe(encoder: nn.Module, train_images: torch.Tensor, train_labels: ArrayLike,
                      test_images: torch.Tensor, test_labels: ArrayLike, *,
                      mean: Sequence[float], std: Sequence[float], recipe: ViewRecipe | None = None,
-                     epochs: int = 100, lrs: Sequence[float] = DEFAULT_SGD_LRS, batch_size: int = 256,
-                     val_fraction: float = 0.2, seed: int = 0, device: str | torch.device = "cpu",
-                     sweep_epochs: int | None = None, batchnorm: bool = False,
-                     amp: bool = False) -> dict[str, Any]:
+                     epochs: int = 100, lrs: Sequence[float] = DEFAULT_SGD_LRS,
+                     batch_size: int = 256, val_fraction: float = 0.2, seed: int = 0,
+                     device: str | torch.device = "cpu", sweep_epochs: int | None = None,
+                     batchnorm: bool = False, amp: bool = False) -> dict[str, Any]:
     """SGD linear probe of a frozen encoder (MoCo ``main_lincls.py``; solo-learn linear configs).
 
     The encoder stays in eval mode throughout (BatchNorm statistics frozen, no gradients); a
@@ -226,26 +256,24 @@ def sgd_linear_probe(encoder: nn.Module, train_images: torch.Tensor, train_label
     ``sweep_epochs`` (default ``epochs``) on a stratified split of the TRAIN images and scored on
     the held-out part at its last epoch; the chosen lr is retrained on all training images and
     the LAST epoch is scored once on the test set (never best-on-test). Evaluation views are
-    un-augmented (shorter side resized to the crop size, centre crop).
+    un-augmented (shorter side resized to the crop size, centre crop). ``batchnorm`` puts a
+    parameter-free BatchNorm before the head (MAE's linear probe).
     """
     start = time.perf_counter()
     device = torch.device(device)
-    y, yt = torch.as_tensor(_numpy(train_labels, np.int64)), torch.as_tensor(_numpy(test_labels, np.int64))
+    y = torch.as_tensor(_numpy(train_labels, np.int64))
+    yt = torch.as_tensor(_numpy(test_labels, np.int64))
     crop = _probe_crop(recipe, train_images.shape[-1])
     augment = BatchAugmenter(ViewRecipe((crop,)), mean, std)
-    fit_idx, val_idx = (torch.as_tensor(i) for i in train_val_split(y.numpy(), val_fraction, seed))
-    extract = dict(mean=mean, std=std, batch_size=batch_size, device=device, image_size=crop.size, amp=amp)
-    grid: dict[float, float] = {}
+    extract = dict(mean=mean, std=std, batch_size=batch_size, device=device,
+                   image_size=crop.size, amp=amp)
     with eval_mode(encoder):
-        val_f = extract_features(encoder, train_images[val_idx], **extract)
-        num_classes = int(max(y.max(), yt.max())) + 1
-        cfg = _SGDConfig(epochs, batch_size, val_f.shape[1], num_classes, batchnorm, seed, device, amp)
+        dim = extract_features(encoder, train_images[:1], **extract).shape[1]
+        cfg = _SGDConfig(epochs, batch_size, dim, int(max(y.max(), yt.max())) + 1, batchnorm,
+                         seed, device, amp)
         sweep_cfg = dataclasses.replace(cfg, epochs=sweep_epochs or epochs)
-        fit_images, fit_y = train_images[fit_idx], y[fit_idx]
-        for lr in sorted(float(v) for v in lrs):
-            head = _train_head(encoder, fit_images, fit_y, augment, lr, sweep_cfg)
-            grid[lr] = _head_accuracy(head, val_f, y[val_idx])
-        best_lr = max(grid, key=lambda v: (grid[v], -v))  # ties -> smaller lr
+        grid = _sweep_lr(encoder, train_images, y, augment, lrs, val_fraction, sweep_cfg, extract)
+        best_lr = pick_best(grid)
         head = _train_head(encoder, train_images, y, augment, best_lr, cfg)
         top1 = _head_accuracy(head, extract_features(encoder, test_images, **extract), yt)
     return {"top1": top1, "best_lr": best_lr, "val_top1": grid[best_lr], "grid": grid,

@@ -32,6 +32,16 @@ def monitor_knn(encoder: nn.Module, train, val, mean, std, device, batch_size: i
     return {"val_knn_top1": res["top1"], "val_collapse": collapse_indicator(vf)}
 
 
+def is_metric(key: str) -> bool:
+    """Accuracy-like numbers go to ``metrics``; settings (k, T, C, draws, seed) to ``protocols``."""
+    return key.endswith(("top1", "top5", "_ci95")) or key.split("_")[-1].isdigit()
+
+
+def split_result(result: dict[str, Any], protocol: str, metrics: dict, protocols: dict) -> None:
+    metrics.update({k: v for k, v in result.items() if is_metric(k) and isinstance(v, (int, float))})
+    protocols[protocol] = {k: v for k, v in result.items() if not is_metric(k)}
+
+
 def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, seed: int) -> dict[str, Any]:
     """Every enabled protocol on frozen features: returns ``{"metrics": ..., "protocols": ...}``."""
     num_classes = data.train.num_classes
@@ -45,9 +55,7 @@ def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, se
     }
     protocols: dict[str, Any] = {"features": {"n_train": len(ytr), "n_test": len(yte), "augmentation": "none"}}
     if cfg.knn:
-        knn = knn_protocols(train_f, ytr, test_f, yte, num_classes)
-        metrics.update({k: v for k, v in knn.items() if isinstance(v, (int, float))})
-        protocols["knn"] = {k: v for k, v in knn.items() if not isinstance(v, (int, float)) or "top" not in k}
+        split_result(knn_protocols(train_f, ytr, test_f, yte, num_classes), "knn", metrics, protocols)
     if cfg.linear:
         from bench.eval.linear import linear_probe
 
@@ -59,8 +67,7 @@ def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, se
 
         fs = few_shot(train_f.numpy(), ytr.numpy(), test_f.numpy(), yte.numpy(),
                       shots=cfg.fewshot_shots, draws=cfg.fewshot_draws, seed=seed)
-        metrics.update({k: v for k, v in fs.items() if isinstance(v, (int, float))})
-        protocols["fewshot"] = {k: v for k, v in fs.items() if not isinstance(v, (int, float))}
+        split_result(fs, "fewshot", metrics, protocols)
     return {"metrics": metrics, "protocols": protocols}
 
 
