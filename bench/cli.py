@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run|list|perf ...``."""
+"""Command line: ``python -m bench run|list|report|flops|perf ...``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="methods, data sets, backbones, recipes and suites")
     lst.set_defaults(func=cmd_list)
+
+    from bench.report.cli import add_flops_parser, add_report_parser
+
+    add_report_parser(sub)
+    add_flops_parser(sub)
 
     perf = sub.add_parser("perf", help="benchmarks: `perf augment`")
     perf.add_argument("rest", nargs=argparse.REMAINDER)

@@ -77,27 +77,35 @@ def pil_pipeline(spec: CropSpec, mean: Sequence[float], std: Sequence[float]) ->
     return T.Compose(ops)
 
 
-def _time_batched(aug: BatchAugmenter, images: torch.Tensor, batch_size: int) -> float:
-    """Seconds to augment all ``images`` batch by batch (after one warm-up batch)."""
+def _clocks() -> tuple[float, float]:
+    """(wall, process CPU) time; CPU time is robust to other jobs on a shared machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def _time_batched(aug: BatchAugmenter, images: torch.Tensor, batch_size: int
+                  ) -> tuple[float, float]:
+    """(wall, CPU) seconds to augment all ``images`` batch by batch, after a warm-up batch."""
     sync = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
     aug(images[:batch_size])
     sync()
-    start = time.perf_counter()
+    wall, cpu = _clocks()
     for i in range(0, images.shape[0], batch_size):
         aug(images[i:i + batch_size])
     sync()
-    return time.perf_counter() - start
+    wall_end, cpu_end = _clocks()
+    return wall_end - wall, cpu_end - cpu
 
 
-def _time_pil(pipelines: list[Callable], pil_images: list[Image.Image]) -> float:
-    """Seconds to produce every view of every PIL image, one image at a time."""
+def _time_pil(pipelines: list[Callable], pil_images: list[Image.Image]) -> tuple[float, float]:
+    """(wall, CPU) seconds to produce every view of every PIL image, one image at a time."""
     for pipe in pipelines:  # warm-up
         pipe(pil_images[0])
-    start = time.perf_counter()
+    wall, cpu = _clocks()
     for img in pil_images:
         for pipe in pipelines:
             pipe(img)
-    return time.perf_counter() - start
+    wall_end, cpu_end = _clocks()
+    return wall_end - wall, cpu_end - cpu
 
 
 def augment_benchmark(recipe_name: str = "simclr", image_size: int = 32, n_images: int = 2048,
@@ -105,35 +113,43 @@ def augment_benchmark(recipe_name: str = "simclr", image_size: int = 32, n_image
     """Views/s of :class:`BatchAugmenter` vs the per-image PIL pipeline for one recipe.
 
     Both run in this process on the current ``torch.get_num_threads()`` (the PIL pipeline
-    is single-threaded per image, as in one DataLoader worker). Returns a dict with the
-    figures, the speed-up ratio and the data source.
+    is single-threaded per image, as in one DataLoader worker). Returns a dict with views/s
+    by wall clock and per CPU-second of this process (``*_cpu``: the fairer figure on a
+    shared machine; on CUDA the batched CPU figure is meaningless), the speed-ups and the
+    data source.
     """
     rec = recipe(recipe_name, image_size)
     images, source = benchmark_images(n_images, image_size)
     aug = BatchAugmenter(rec, _MEAN, _STD)
-    batched_s = _time_batched(aug, images.to(device), batch_size)
+    batched_s, batched_cpu = _time_batched(aug, images.to(device), batch_size)
     pil_images = [Image.fromarray(np.ascontiguousarray(im.permute(1, 2, 0).numpy()))
                   for im in images]
     pipelines = [pil_pipeline(spec, _MEAN, _STD) for spec in rec.expanded()]
-    pil_s = _time_pil(pipelines, pil_images)
+    pil_s, pil_cpu = _time_pil(pipelines, pil_images)
     views = n_images * rec.n_views
     batched_vps, pil_vps = views / batched_s, views / pil_s
+    batched_cpu_vps, pil_cpu_vps = views / max(batched_cpu, 1e-9), views / max(pil_cpu, 1e-9)
     return {
         "recipe": recipe_name, "image_size": image_size, "n_images": n_images,
         "batch_size": batch_size, "device": str(device), "n_views": rec.n_views,
         "threads": torch.get_num_threads(), "data": source,
         "batched_views_per_s": batched_vps, "pil_views_per_s": pil_vps,
         "speedup": batched_vps / pil_vps,
+        "batched_views_per_cpu_s": batched_cpu_vps, "pil_views_per_cpu_s": pil_cpu_vps,
+        "speedup_cpu": batched_cpu_vps / pil_cpu_vps,
     }
 
 
 def _format_table(rows: list[dict]) -> str:
     """A small fixed-width table of benchmark results."""
-    head = ("recipe", "px", "images", "batch", "device", "thr", "batched v/s", "PIL v/s", "speed-up")
+    head = ("recipe", "px", "images", "batch", "device", "thr", "batched v/s", "PIL v/s",
+            "speed-up", "batched v/cpu-s", "PIL v/cpu-s", "speed-up cpu")
     lines = [head] + [(r["recipe"], str(r["image_size"]), str(r["n_images"]),
                        str(r["batch_size"]), r["device"], str(r["threads"]),
                        f"{r['batched_views_per_s']:.0f}", f"{r['pil_views_per_s']:.0f}",
-                       f"{r['speedup']:.1f}x") for r in rows]
+                       f"{r['speedup']:.1f}x", f"{r['batched_views_per_cpu_s']:.0f}",
+                       f"{r['pil_views_per_cpu_s']:.0f}", f"{r['speedup_cpu']:.1f}x")
+                      for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines]
     sources = sorted({r["data"] for r in rows})

@@ -130,8 +130,10 @@ PUBLISHED: tuple[PublishedNumber, ...] = tuple(_solo_learn() + _lightly() + _pap
 
 #: Native resolution of data sets whose size decides the default ResNet stem (<= 64 px: CIFAR stem).
 _NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "digits": 8, "imagenet100": 224}
-#: Backbone options that change the architecture away from the published one when not default.
-_ARCH_DEFAULTS = {"width": 1.0, "norm": "batch", "depth": None, "patch_size": None}
+#: Backbone options whose non-default values change the architecture away from the published net.
+_ARCH_DEFAULTS = {"width": 1.0, "norm": "batch"}
+#: Options that change it whenever a suite sets them (ViT depth, patch size).
+_ARCH_UNSET = ("depth", "patch_size")
 
 
 def method_key(name: str) -> str:
@@ -155,16 +157,13 @@ def run_cifar_stem(dataset: str, backbone_options: Mapping[str, Any] | None = No
 
 def _architecture_matches(entry: PublishedNumber, backbone_options: Mapping[str, Any] | None,
                           cifar_stem: bool | None) -> bool:
-    """Same stem (when both are known) and no width/depth/norm change from the published net."""
-    for key, default in _ARCH_DEFAULTS.items():
-        value = (backbone_options or {}).get(key, default)
-        if value is not None and default is not None and value != default:
-            return False
-        if default is None and value is not None and key in (backbone_options or {}):
-            return False
-    if entry.cifar_stem is not None and cifar_stem is not None and entry.cifar_stem != cifar_stem:
+    """Same stem (when both are known) and no width/norm/depth/patch change from the published net."""
+    opts = dict(backbone_options or {})
+    if any(k in opts and opts[k] != v for k, v in _ARCH_DEFAULTS.items()):
         return False
-    return True
+    if any(opts.get(k) is not None for k in _ARCH_UNSET):
+        return False
+    return entry.cifar_stem is None or cifar_stem is None or entry.cifar_stem == cifar_stem
 
 
 def lookup(method: str, dataset: str, backbone: str, protocol: str, *, cifar_stem: bool | None = None,

@@ -143,7 +143,8 @@ def summary_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                "status": r.get("status"), "wall_s": r.get("wall_s"), "run_id": r.get("run_id"),
                "reason": r.get("reason")}
         row.update({k: v for k, v in r.get("metrics", {}).items() if isinstance(v, (int, float)) or v is None})
-        row.update({k: r.get("costs", {}).get(k) for k in ("train_flops", "params", "images_per_s", "peak_mem_mb")})
+        row.update({k: r.get("costs", {}).get(k) for k in ("train_flops", "params_encoder", "inference_gmacs", "images_per_s",
+                                                            "peak_mem_mb")})
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in SUMMARY_COLUMNS:

@@ -74,4 +74,9 @@ def run_suite(suite: Suite, results_dir: Path, *, methods: list[str] | None = No
     summary = write_summary(suite_dir)
     chosen = summary[summary["run_id"].isin([s.run_id for s in specs])] if len(summary) else summary
     echo("\n" + results_table(chosen))
+    from bench.report import report_after_suite
+
+    report = report_after_suite(suite_dir)
+    if report is not None:
+        echo(f"report: {report}")
     return {"specs": specs, "records": records, "summary": summary, "suite_dir": suite_dir}

@@ -162,11 +162,12 @@ class SwAV(Method):
         z = self.embed(views)
         scores = self.prototypes(z).chunk(len(views))
         z_crops = z.chunk(len(views))
+        used = self.queue_full()  # decided before this step's embeddings are pushed
         assign = [self.codes(s, scores[s], z_crops[s]) for s in range(min(ASSIGN_CROPS, len(views)))]
         if self.queue_active():
             self.queue_count.fill_(min(self.queue.shape[1], int(self.queue_count) + n))
         loss = swapped_prediction(assign, list(scores), self.options.temperature)
-        return StepOutput(loss, {"queue_used": float(self.queue_full())})
+        return StepOutput(loss, {"queue_used": float(used)})
 
     def on_after_backward(self, step: int) -> None:
         """Drop the prototypes' gradients during the freeze window (``main_swav.py``)."""

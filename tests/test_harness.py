@@ -75,7 +75,7 @@ def test_sweep_expands_and_labels_are_readable():
 
 
 @pytest.mark.parametrize("raw,needle", [
-    (suite_with(methods=["simclrr"]), "unknown method 'simclrr'. Did you mean simclr?"),
+    (suite_with(methods=["simclrr"]), "unknown method 'simclrr'. Did you mean simclr"),
     (suite_with(budget={"epoch": 2, "batch_size": 32}), "unknown field 'epoch'; allowed fields: epochs, batch_size"),
     (suite_with(methods=[{"method": "simclr", "options": {"temprature": 0.1}}]), "unknown field 'temprature'"),
     (suite_with(dataset={"name": "cifar11"}), "unknown dataset 'cifar11'"),

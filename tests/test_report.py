@@ -145,7 +145,8 @@ def test_published_column_only_when_dataset_and_backbone_match(suite_dir: Path) 
     board = leaderboard(df, "linear", "linear_top1").set_index("label")
     assert board.loc["simclr", "published"] == pytest.approx(0.9074)
     assert board.loc["byol", "published"] == pytest.approx(0.9258)
-    assert "solo-learn" in board.loc["simclr", "published_setting"] and "1000 ep" in board.loc["simclr", "published_setting"]
+    setting = board.loc["simclr", "published_setting"]
+    assert "solo-learn" in setting and "1000 ep" in setting
     assert pd.isna(board.loc["random", "published"])
     knn = leaderboard(df, "knn", "knn_top1").set_index("label")
     assert knn.loc["simclr", "published"] == pytest.approx(0.847)  # lightly 200 ep: closest to 4 epochs
@@ -280,3 +281,16 @@ def test_flops_table_one_row_per_label_data_loaded_once() -> None:
     assert list(df["label"]) == ["random", "simclr[temperature=0.1]", "simclr[temperature=0.5]"]
     text = format_flops_table(df)
     assert "6.00e11" in text and "1.00 M" in text and "FLOPs = 2 x MACs" in text and "aten::add" in text
+
+
+def test_empty_suite_and_mixed_option_types(tmp_path: Path, suite_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "sslbench" in build_report(empty).read_text()  # no runs yet: a page, not a crash
+    rec_path = next(p for p in suite_dir.glob("simclr-*/record.json"))
+    rec = json.loads(rec_path.read_text())
+    rec["options"] = {**rec["options"], "temperature": "auto", "crops": [2, 6]}  # str beside floats, a list
+    rec_path.write_text(json.dumps(rec))
+    build_report(suite_dir)
+    pq = pd.read_parquet(suite_dir / "results_long.parquet")
+    assert "auto" in set(pq["opt.temperature"]) and "[2, 6]" in set(pq["opt.crops"].dropna())

@@ -3,42 +3,44 @@
 torchvision's v2 transforms applied to a batch tensor draw ONE set of random parameters for
 the whole batch, which is wrong for self-supervised learning: every image (and every view of
 it) must get its own crop, flip and colour distortion. This module draws all parameters per
-sample and applies them with vectorised tensor ops (no Python loop over samples), so the
-same code runs on CPU or GPU, wherever the batch lives.
+sample (:func:`draw_view_params`) and applies them with vectorised tensor ops (no Python
+loop over samples), so the same code runs on CPU or GPU, wherever the batch lives.
 
-Pipeline per view (order of the official recipes, e.g. SimCLR ``data_util.py``, BYOL
-``utils/augmentations.py``, DINO ``main_dino.py``):
+Pipeline per view (order of the official recipes: SimCLR ``data_util.py``, BYOL
+``utils/augmentations.py``, DINO ``main_dino.py``); crop first, so the photometric ops run
+on the small output crop:
 
-1. random-resized crop + horizontal flip, as one per-sample affine ``grid_sample``
-   (bilinear, ``align_corners=False``); the crop box follows torchvision's
-   ``RandomResizedCrop.get_params`` (10 tries of area/log-ratio, fall back to a centre crop),
-   vectorised over samples and tries. When crops are downscaled by >= 1.5x the batch is
-   super-sampled (k x k samples per output pixel, k <= 4, then averaged) as a cheap
-   anti-aliasing filter, standing in for PIL's anti-aliased resize used by the official code.
-2. colour jitter with probability ``jitter_p`` (brightness, contrast, saturation, hue with
-   torchvision's factor ranges and blend formulas), applied in a random order per sample;
-3. grayscale with probability ``gray_p`` (ITU-R 601-2 luma, as torchvision);
+1. random-resized crop + horizontal flip as one per-sample affine ``grid_sample``
+   (bilinear, ``align_corners=False``, i.e. the pixel-centre mapping of torchvision's
+   crop + resize); boxes follow torchvision's ``RandomResizedCrop.get_params`` (10 tries of
+   area/log-ratio, else a centre crop), vectorised over samples and tries. When a batch's
+   crops are shrunk by >= 1.5x, k x k sub-samples per output pixel are averaged (k <= 4),
+   a cheap anti-aliasing filter standing in for PIL's anti-aliased resize;
+2. colour jitter with probability ``jitter_p``: brightness, contrast, saturation and hue
+   with torchvision's factor ranges and blend formulas (clamped to [0, 1] after each op),
+   in a random order per sample -- each sample draws a permutation, then four stages run
+   and at stage s every sample applies its op ``perm[s]`` (the others are the identity for
+   it). Brightness/contrast/saturation are fused into one blend per stage; hue (RGB->HSV->
+   RGB) runs only on the samples whose op at that stage is hue;
+3. grayscale with probability ``gray_p`` (ITU-R 601-2 luma 0.299/0.587/0.114, as PIL);
 4. Gaussian blur with probability ``blur_p``, sigma ~ U(blur_sigma) in pixels of the OUTPUT
-   crop (the official codes blur after the crop, so sigma is in crop pixels), kernel side
-   10% of the crop side (odd, >= 3) as SimCLR/BYOL (23 px at 224), reflect padding;
-5. solarize with probability ``solarize_p`` (x >= 0.5 -> 1 - x on [0, 1], i.e. torchvision's
+   crop (the official codes blur after cropping), kernel side 10% of the crop side (odd,
+   >= 3; 23 px at 224 as SimCLR/BYOL), reflect padding, one depthwise conv per axis with
+   every sample's own kernel;
+5. solarize with probability ``solarize_p`` (x >= 0.5 -> 1 - x on [0, 1], torchvision's
    threshold 128 on uint8);
 6. normalisation with the dataset mean/std.
 
-Random order of the jitter ops: each sample draws a permutation of the four ops; four
-stages follow, and at stage ``s`` every sample applies the op ``perm[s]`` (the other ops
-are the identity for that sample at that stage). Brightness, contrast and saturation are
-fused into one affine blend per stage (``a*x + b*gray + c``, then clamp to [0, 1], which
-is torchvision's ``_blend``); hue runs only on the samples whose current op is hue.
-
-Colour ops on 1-channel images: contrast and brightness apply; saturation, hue and grayscale
-are no-ops.
+On 1-channel images brightness and contrast apply; saturation, hue and grayscale are
+no-ops. On CPU the batch is processed in chunks of samples (results do not depend on the
+chunking) and the photometric ops work in place: large fresh temporaries cost page faults
+there, which made the straightforward version several times slower.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -51,9 +53,16 @@ __all__ = [
     "list_recipes",
     "BatchAugmenter",
     "to_normalized",
+    "ViewParams",
+    "draw_view_params",
+    "apply_view",
+    "sample_crop_boxes",
+    "crop_resize",
+    "gaussian_blur",
+    "adjust_hue_",
 ]
 
-# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
+# ITU-R 601-2 luma weights, as PIL's convert("L") (torchvision uses 0.2989 for red).
 _LUMA = (0.299, 0.587, 0.114)
 # Maximum super-sampling factor per axis for anti-aliased downscaling.
 _MAX_SUPERSAMPLE = 4
@@ -105,7 +114,7 @@ class CropSpec:
 class ViewRecipe:
     """An ordered tuple of crop specs; the views of one sample, in output order."""
 
-    crops: tuple[CropSpec, ...] = field(default_factory=tuple)
+    crops: tuple[CropSpec, ...]
 
     def __post_init__(self) -> None:
         """Store ``crops`` as a tuple (hashable, immutable) and reject empty recipes."""
@@ -253,7 +262,7 @@ def list_recipes() -> list[str]:
 
 
 def recipe(name: str, image_size: int, **overrides: object) -> ViewRecipe:
-    """Named augmentation recipe (see /METHODS cards) with crop side ``image_size``.
+    """Named augmentation recipe (METHODS.md cards) with global crop side ``image_size``.
 
     ``overrides`` replace the given CropSpec fields in every spec of the recipe (e.g.
     ``blur_p=0.0`` for an ablation); an unknown field name raises ValueError.

@@ -50,7 +50,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``report`` on the ``bench`` sub-command parser."""
     p = subparsers.add_parser("report", help="build report.html and results_long.{parquet,csv} of a suite")
     p.add_argument("suite_dir", help="suite results folder (RESULTS/SUITE) or a suite name under --results-dir")
-    p.add_argument("--results-dir", default=None, help="where suite folders live (default $SSLBENCH_RESULTS_DIR or results)")
+    p.add_argument("--results-dir", default=None,
+                   help="where suite folders live (default $SSLBENCH_RESULTS_DIR or results)")
     p.add_argument("--out", default=None, help="HTML path (default <suite_dir>/report.html)")
     p.set_defaults(func=cmd_report)
     return p
@@ -91,7 +92,8 @@ def flops_table(specs: Iterable[Any], *, load_data: Callable | None = None, buil
                      "params_trainable": costs.get("params_trainable"), "inference_gmacs": costs.get("inference_gmacs"),
                      "train_macs_per_image": costs.get("train_macs_per_image"), "train_flops": costs.get("train_flops"),
                      "epochs": spec.budget.epochs, "batch_size": spec.budget.batch_size,
-                     "unsupported_ops": ", ".join(sorted(unsupported)) if isinstance(unsupported, dict) else str(unsupported),
+                     "unsupported_ops": (", ".join(sorted(unsupported)) if isinstance(unsupported, dict)
+                                         else str(unsupported)),
                      "flops_convention": costs.get("flops_convention")})
     return pd.DataFrame(rows)
 

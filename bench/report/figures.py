@@ -17,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display, deterministic PNGs
 
+import matplotlib.ticker  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -25,7 +27,7 @@ import seaborn as sns  # noqa: E402
 from bench.report.tables import AblationGroup, ROLE_OF_METHOD  # noqa: E402
 
 __all__ = ["fig_to_data_uri", "pareto_front", "accuracy_vs_flops", "training_curves", "fewshot_curve",
-           "ablation_bars", "pooled_ci95", "run_curves"]
+           "ablation_bars", "pooled_ci95", "run_curves", "label_palette"]
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -65,31 +67,54 @@ def _per_label(long_df: pd.DataFrame, protocol: str, metric: str) -> pd.Series:
     return sel.groupby("label")["value"].mean()
 
 
-def accuracy_vs_flops(long_df: pd.DataFrame, protocol: str, metric: str, title: str) -> str | None:
-    """Mean accuracy per label vs its total training FLOPs (log axis), the Pareto front as a step
-    line; runs without training (random init: 0 FLOPs) are drawn as a horizontal floor line."""
+def label_palette(labels: Iterable[str]) -> dict[str, Any]:
+    """One colour per run label, the same in every figure of a report (sorted labels)."""
+    ordered = sorted({str(x) for x in labels})
+    return dict(zip(ordered, sns.color_palette("tab10" if len(ordered) <= 10 else "husl", len(ordered))))
+
+
+def accuracy_vs_flops(long_df: pd.DataFrame, protocol: str, metric: str, title: str,
+                      palette: dict[str, Any] | None = None) -> str | None:
+    """Mean accuracy per label vs its total training FLOPs (log axis) with the Pareto front of the
+    self-supervised runs as a step line. Reference rows stay off the front: the supervised ceiling
+    is a star (it uses labels), runs without training (random init: 0 FLOPs) a horizontal line."""
     if long_df.empty:
         return None
     acc = _per_label(long_df, protocol, metric)
     flops = _per_label(long_df, "costs", "train_flops")
     df = pd.concat({"acc": acc, "flops": flops}, axis=1).dropna(subset=["acc"])
+    methods = long_df.drop_duplicates("label").set_index("label")["method"]
+    df["role"] = [ROLE_OF_METHOD.get(str(methods.get(label)), "") for label in df.index]
     trained = df[df["flops"] > 0]
     if trained.empty:
         return None
-    methods = long_df.drop_duplicates("label").set_index("label")["method"]
+    palette = palette or label_palette(df.index)
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
-    sns.scatterplot(x=trained["flops"], y=100 * trained["acc"], hue=trained.index, s=70, ax=ax, legend=False)
     for label, row in trained.iterrows():
-        ax.annotate(str(label), (row["flops"], 100 * row["acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    front = pareto_front(trained["flops"].tolist(), trained["acc"].tolist())
-    fr = trained.iloc[front]
-    ax.step(fr["flops"], 100 * fr["acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
+        marker, size = ("*", 220) if row["role"] else ("o", 70)
+        ax.scatter(row["flops"], 100 * row["acc"], s=size, marker=marker, color=palette.get(label), zorder=3)
+        name = f"{label} ({row['role']})" if row["role"] else str(label)
+        ax.annotate(name, (row["flops"], 100 * row["acc"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ssl = trained[trained["role"] == ""]
+    if len(ssl):
+        fr = ssl.iloc[pareto_front(ssl["flops"].tolist(), ssl["acc"].tolist())]
+        # the best accuracy reachable with at most x FLOPs: a staircase up to the largest budget
+        xs = [*fr["flops"], trained["flops"].max()]
+        ys = [*(100 * fr["acc"]), 100 * fr["acc"].iloc[-1]]
+        ax.step(xs, ys, where="post", color="black", lw=1.2, ls="--", label="Pareto front (self-supervised)")
+        ax.scatter(fr["flops"], 100 * fr["acc"], s=130, facecolors="none", edgecolors="black", zorder=4)
     for label, row in df[~(df["flops"] > 0)].iterrows():
-        role = ROLE_OF_METHOD.get(str(methods.get(label)), "no training")
-        ax.axhline(100 * row["acc"], color="grey", lw=1, ls=":", label=f"{label} ({role})")
+        ax.axhline(100 * row["acc"], color=palette.get(label, "grey"), lw=1.2, ls=":",
+                   label=f"{label} ({row['role'] or 'no training'})")
     ax.set_xscale("log")
-    ax.set(xlabel="total training FLOPs (2 x MACs, log scale)", ylabel=f"{title} (%)", title=f"{title} vs training compute")
-    ax.legend(loc="lower right", fontsize=8)
+    short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+", "e"))  # "2e10"
+    ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(base=10, subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(short)
+    ax.xaxis.set_major_formatter(short)
+    ax.margins(x=0.15, y=0.12)
+    ax.set(xlabel="total training FLOPs (2 x MACs, log scale)", ylabel=f"{title} (%)",
+           title=f"{title} vs training compute")
+    ax.legend(loc="best", fontsize=8)
     return fig_to_data_uri(fig)
 
 
@@ -105,7 +130,8 @@ def _history_frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "label", "seed", "epoch", "loss", "val_knn_top1"])
 
 
-def training_curves(runs: Iterable[dict[str, Any]], title: str = "") -> str | None:
+def training_curves(runs: Iterable[dict[str, Any]], title: str = "",
+                    palette: dict[str, Any] | None = None) -> str | None:
     """Training loss and validation kNN top-1 (k=200, on the split carved from train) per epoch,
     one line per run (colour = label, dash = seed)."""
     hist = _history_frame(runs)
@@ -119,7 +145,8 @@ def training_curves(runs: Iterable[dict[str, Any]], title: str = "") -> str | No
         if data.empty:
             ax.set_axis_off()
             continue
-        sns.lineplot(data=data, x="epoch", y=col, hue="label", style="seed" if many_seeds else None,
+        sns.lineplot(data=data, x="epoch", y=col, hue="label", palette=palette or label_palette(hist["label"]),
+                     style="seed" if many_seeds else None,
                      units="run" if many_seeds else None, estimator=None if many_seeds else "mean",
                      marker="o", ax=ax, legend=ax is axes[1])
         ax.set(ylabel=name, title=name)
@@ -134,12 +161,14 @@ def run_curves(history: Sequence[dict[str, Any]], title: str = "") -> str | None
     """One run's training loss and validation kNN top-1 per epoch, drawn with plain matplotlib
     and no layout engine: the report draws one of these per run, so it must be cheap."""
     hist = _history_frame([{"label": title, "seed": "", "history": list(history)}])
-    hist[["epoch", "loss", "val_knn_top1"]] = hist[["epoch", "loss", "val_knn_top1"]].apply(pd.to_numeric, errors="coerce")
+    numeric = ["epoch", "loss", "val_knn_top1"]
+    hist[numeric] = hist[numeric].apply(pd.to_numeric, errors="coerce")
     if hist.empty or hist[["loss", "val_knn_top1"]].isna().all().all():
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.6))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.82, wspace=0.25)
-    for ax, col, name, scale in ((axes[0], "loss", "training loss", 1), (axes[1], "val_knn_top1", "val kNN top-1 (%)", 100)):
+    panels = ((axes[0], "loss", "training loss", 1), (axes[1], "val_knn_top1", "val kNN top-1 (%)", 100))
+    for ax, col, name, scale in panels:
         d = hist.dropna(subset=[col])
         ax.plot(d["epoch"], scale * d[col], marker="o", ms=3)
         ax.set_title(name, fontsize=10)
@@ -190,14 +219,15 @@ def _fewshot_points(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "shots", "acc", "ci95"]).sort_values(["label", "shots"])
 
 
-def fewshot_curve(records: Iterable[dict[str, Any]]) -> str | None:
+def fewshot_curve(records: Iterable[dict[str, Any]], palette: dict[str, Any] | None = None) -> str | None:
     """Few-shot top-1 vs labelled images per class (log2 axis) with 95% CI bands, per label."""
     pts = _fewshot_points(records)
     if pts.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
-    palette = sns.color_palette(n_colors=pts["label"].nunique())
-    for colour, (label, g) in zip(palette, pts.groupby("label", sort=True)):
+    palette = palette or label_palette(pts["label"])
+    for label, g in pts.groupby("label", sort=True):
+        colour = palette.get(label)
         y = 100 * g["acc"].to_numpy()
         ax.plot(g["shots"], y, marker="o", color=colour, label=label)
         half = 100 * g["ci95"].astype(float).fillna(0.0).to_numpy()

@@ -62,7 +62,8 @@ def _first(runs: list[RunInfo], *path: str) -> Any:
 
 def _knn_convention(runs: list[RunInfo], prefix: str, k: int, t: float) -> str:
     k = _first(runs, "protocols", "knn", f"{prefix}_k") or _first(runs, "metrics", f"{prefix}_k") or k
-    t = _first(runs, "protocols", "knn", f"{prefix}_temperature") or _first(runs, "metrics", f"{prefix}_temperature") or t
+    t = (_first(runs, "protocols", "knn", f"{prefix}_temperature") or _first(runs, "metrics", f"{prefix}_temperature")
+         or t)
     n = _first(runs, "protocols", "features", "n_train")
     size = f" {n} labelled train images as the memory bank;" if n else ""
     return (f"top-1 %, weighted kNN k={k}, T={t} (votes exp(sim/T), cosine similarity) on frozen, "
@@ -85,7 +86,9 @@ def _linear_convention(runs: list[RunInfo]) -> str:
 
 def _fewshot_convention(runs: list[RunInfo], k: int) -> str:
     fs = _first(runs, "protocols", "fewshot") or {}
-    draws = fs.get("fewshot_draws") if isinstance(fs.get("fewshot_draws"), int) else _first(runs, "metrics", "fewshot_draws")
+    draws = fs.get("fewshot_draws")
+    if not isinstance(draws, int):  # evaluate() keeps numeric settings in metrics
+        draws = _first(runs, "metrics", "fewshot_draws")
     c = fs.get("fewshot_C", _first(runs, "metrics", "fewshot_C"))
     c_txt = f" C={c:g}" if isinstance(c, (int, float)) else ""
     return (f"top-1 %, {k} labelled image(s) per class drawn from train, mean over {draws or 'several'} draws, "
@@ -110,13 +113,15 @@ def leaderboard_specs(long_df: pd.DataFrame, runs: list[RunInfo]) -> list[Leader
             title = "Linear probe" + (" (SGD)" if proto == "linear_sgd" else "")
             specs.append(LeaderboardSpec(proto, f"{proto}_top1", title, _linear_convention(runs)))
     for k in fewshot_shots(long_df[long_df["status"] == "ok"]):
-        specs.append(LeaderboardSpec("fewshot", f"fewshot_{k}", f"Few-shot, {k} per class", _fewshot_convention(runs, k)))
+        specs.append(LeaderboardSpec("fewshot", f"fewshot_{k}", f"Few-shot, {k} per class",
+                                     _fewshot_convention(runs, k)))
     done = {(s.protocol, s.metric) for s in specs}
     others = sorted(((p, m) for p, m in pairs if p not in _NOT_LEADERBOARDS and (p, m) not in done
                      and not m.endswith("_ci95") and not re.search(r"top[2-9]$", m)),
                     key=lambda pm: (_PROTOCOL_ORDER.index(pm[0]) if pm[0] in _PROTOCOL_ORDER else 99, pm))
     for p, m in others:
-        specs.append(LeaderboardSpec(p, m, f"{p}: {m}", f"{m} (%), protocol '{p}'; its settings are in each run's record"))
+        specs.append(LeaderboardSpec(p, m, f"{p}: {m}",
+                                     f"{m} (%), protocol '{p}'; its settings are in each run's record"))
     return specs
 
 
@@ -148,6 +153,11 @@ def fmt_count(v: Any) -> str:
     return "" if _missing(v) else f"{float(v) / 1e6:.2f} M"
 
 
+def fmt_giga(v: Any) -> str:
+    """A count in units of 10^9 ("3.70e7" MACs -> "0.037")."""
+    return "" if _missing(v) else fmt_num(float(v) / 1e9)
+
+
 def fmt_json(v: Any) -> str:
     return json.dumps(v, indent=2, sort_keys=True, default=str)
 
@@ -155,18 +165,19 @@ def fmt_json(v: Any) -> str:
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("bench.report", "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=fmt_pct, num=fmt_num, count=fmt_count, tojson_pretty=fmt_json, missing=_missing)
+    env.filters.update(pct=fmt_pct, num=fmt_num, giga=fmt_giga, count=fmt_count, tojson_pretty=fmt_json,
+                       missing=_missing)
     return env
 
 
 # -- context ---------------------------------------------------------------------------------------
-def _leaderboard_block(spec: LeaderboardSpec, long_df: pd.DataFrame) -> dict[str, Any]:
+def _leaderboard_block(spec: LeaderboardSpec, long_df: pd.DataFrame, palette: dict[str, Any]) -> dict[str, Any]:
     board = leaderboard(long_df, spec.protocol, spec.metric)
     flops = long_df[(long_df["protocol"] == "costs") & (long_df["metric"] == "train_flops")]
     board["train_flops"] = board["label"].map(flops.groupby("label")["value"].mean())
     figure = None
     if spec.protocol in ("knn", "linear", "linear_sgd"):
-        figure = figures.accuracy_vs_flops(long_df, spec.protocol, spec.metric, spec.title)
+        figure = figures.accuracy_vs_flops(long_df, spec.protocol, spec.metric, spec.title, palette)
     return {"spec": spec, "rows": board.to_dict("records"), "figure": figure,
             "has_ci": bool(board["ci95"].notna().any()), "has_published": bool(board["published"].notna().any())}
 
@@ -196,16 +207,18 @@ def _run_block(run: RunInfo, long_df: pd.DataFrame) -> dict[str, Any]:
             "folder": run.run_dir.name}
 
 
-def _environment_summary(runs: list[RunInfo]) -> dict[str, list[str]]:
-    """Distinct torch versions, devices and git commits over the suite's runs."""
-    def distinct(get) -> list[str]:
-        return sorted({str(v) for v in (get(r) for r in runs) if v})
+def _device_text(env: dict[str, Any]) -> str:
+    dev = env.get("device") or {}
+    return " ".join(str(x) for x in (dev.get("type"), dev.get("name")) if x)
 
-    return {"torch": distinct(lambda r: (r.environment.get("versions") or {}).get("torch")),
-            "device": distinct(lambda r: " ".join(str(x) for x in ((r.environment.get("device") or {}).get("type"),
-                                                                   (r.environment.get("device") or {}).get("name")) if x)),
-            "git_commit": distinct(lambda r: r.environment.get("git_commit")),
-            "python": distinct(lambda r: r.environment.get("python"))}
+
+def _environment_summary(runs: list[RunInfo]) -> dict[str, list[str]]:
+    """Distinct torch versions, devices, git commits and Pythons over the suite's runs."""
+    def distinct(get) -> list[str]:
+        return sorted({str(v) for v in (get(r.environment) for r in runs) if v})
+
+    return {"torch": distinct(lambda e: (e.get("versions") or {}).get("torch")), "device": distinct(_device_text),
+            "git_commit": distinct(lambda e: e.get("git_commit")), "python": distinct(lambda e: e.get("python"))}
 
 
 def _ablation_blocks(runs: list[RunInfo], long_df: pd.DataFrame, specs: list[LeaderboardSpec]) -> list[dict[str, Any]]:
@@ -236,15 +249,17 @@ def report_context(suite_dir: Path) -> dict[str, Any]:
         suite = json.loads((suite_dir / "suite.json").read_text())
     ok_records = [r.record for r in runs if r.record.get("status") == "ok"]
     convention = _first(runs, "costs", "flops_convention") or DEFAULT_FLOPS_CONVENTION
+    palette = figures.label_palette(r.record.get("label") for r in runs)
     return {
-        "suite_name": suite.get("name") or suite_dir.name, "suite": suite, "suite_json": fmt_json(suite) if suite else "",
+        "suite_name": suite.get("name") or suite_dir.name, "suite": suite,
+        "suite_json": fmt_json(suite) if suite else "",
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "n_runs": len(runs),
         "status_counts": long_df.drop_duplicates("run_id")["status"].value_counts().to_dict() if len(long_df) else {},
         "flops_convention": convention, "environment": _environment_summary(runs),
-        "leaderboards": [_leaderboard_block(s, long_df) for s in specs],
+        "leaderboards": [_leaderboard_block(s, long_df, palette) for s in specs],
         "costs": costs_table(long_df).to_dict("records"), "cost_metrics": COST_METRICS,
-        "training_curves": figures.training_curves(ok_records, title="all runs"),
-        "fewshot_figure": figures.fewshot_curve(ok_records),
+        "training_curves": figures.training_curves(ok_records, title="all runs", palette=palette),
+        "fewshot_figure": figures.fewshot_curve(ok_records, palette),
         "ablations": _ablation_blocks(runs, long_df, specs),
         "problems": problem_runs(runs).to_dict("records"),
         "runs": [_run_block(r, long_df) for r in runs],

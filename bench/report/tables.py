@@ -121,7 +121,8 @@ def run_columns(run: RunInfo) -> dict[str, Any]:
         "suite": rec.get("suite") or cfg.get("suite"), "dataset": dataset,
         "backbone": rec.get("backbone") or bb.get("name"), "image_size": ds.get("image_size"),
         "cifar_stem": run_cifar_stem(str(dataset), bb.get("options"), ds.get("image_size")),
-        "epochs": rec.get("epochs", budget.get("epochs")), "batch_size": rec.get("batch_size", budget.get("batch_size")),
+        "epochs": rec.get("epochs", budget.get("epochs")),
+        "batch_size": rec.get("batch_size", budget.get("batch_size")),
         "epochs_done": rec.get("epochs_done"),
     }
     cols.update({f"bb.{k}": _scalar(v) for k, v in sorted((bb.get("options") or {}).items())})
