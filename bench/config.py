@@ -72,9 +72,14 @@ class BudgetConfig(Strict):
 class EvalConfig(Strict):
     knn: bool = True
     linear: bool = True
+    linear_protocol: Literal["lbfgs", "sgd"] = Field(
+        "lbfgs", description="lbfgs: logistic regression on cached features (C on a train-carved val split); "
+        "sgd: augmented SGD probe of the frozen encoder (lr on a train-carved val split), for GPU suites")
+    sgd_epochs: int = Field(100, gt=0, description="epochs of the SGD linear probe")
     fewshot: bool = True
     fewshot_shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     fewshot_draws: int = Field(5, ge=1)
+    semi_supervised: bool = Field(True, description="1% and 10% label subsets (fixed seeded lists)")
     monitor_every: int = Field(1, ge=0, description="epochs between kNN-on-validation checks (0 = off)")
     batch_size: int = Field(256, gt=0)
 
@@ -106,6 +111,11 @@ class Suite(Strict):
     budget: BudgetConfig
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     methods: list[MethodEntry | str] = Field(min_length=1)
+    method_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options applied to every method (e.g. one optimizer recipe for a short CPU budget); "
+        "a method entry's own options win; only fields a method accepts are applied to it",
+    )
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
     executor: ExecutorConfig = ExecutorConfig()
@@ -208,6 +218,7 @@ def parse_suite(raw: Any, where: str = "suite") -> Suite:
     except ValidationError as e:
         raise SuiteError(format_validation_error(e, Suite, where)) from None
     expand_runs(suite, where)  # validates method names and options now, not mid-suite
+    check_shared_options(suite, where)
     return suite
 
 
@@ -221,6 +232,22 @@ def _validate_options(method: str, options: dict[str, Any], where: str) -> dict[
         return cls.Options.model_validate(options).model_dump(mode="json")
     except ValidationError as e:
         raise SuiteError(format_validation_error(e, cls.Options, f"{where}: options of {method!r}")) from None
+
+
+def applicable_shared_options(method: str, shared: dict[str, Any]) -> dict[str, Any]:
+    """The suite-wide options this method accepts (e.g. ``temperature`` only where defined)."""
+    fields = get_method(method).Options.model_fields
+    return {k: v for k, v in shared.items() if k in fields}
+
+
+def check_shared_options(suite: Suite, where: str) -> None:
+    """Every suite-wide option must be a field of at least one method of the suite."""
+    names = {_entry(e).method for e in suite.methods}
+    known = set().union(*(get_method(n).Options.model_fields for n in names))
+    unknown = sorted(set(suite.method_options) - known)
+    if unknown:
+        raise SuiteError(f"{where}: method_options: unknown field(s) {unknown}; "
+                         f"fields of this suite's methods: {', '.join(sorted(known))}")
 
 
 def expand_runs(
@@ -258,7 +285,8 @@ def expand_runs(
         keys = list(entry.sweep)
         for values in itertools.product(*(entry.sweep[k] for k in keys)) if keys else [()]:
             given = {**entry.options, **dict(zip(keys, values))}
-            resolved = _validate_options(entry.method, given, f"{where}: methods[{i}]")
+            shared = applicable_shared_options(entry.method, suite.method_options)
+            resolved = _validate_options(entry.method, {**shared, **given}, f"{where}: methods[{i}]")
             for seed in suite.seeds:
                 specs.append(
                     RunSpec(

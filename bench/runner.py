@@ -68,7 +68,8 @@ def execute_run(spec: RunSpec, run_root: Path, *, progress: bool = True,
         record["epochs_done"] = trainer.epoch
         record["method_record"] = trainer.method.extra_record()
         eval_start = time.perf_counter()
-        record.update(evaluate(trainer.method.encoder, data, spec.eval, device, spec.seed))
+        record.update(evaluate(trainer.method.encoder, data, spec.eval, device, spec.seed,
+                               cache=run_dir.features))
         record["eval_s"] = time.perf_counter() - eval_start
         record["costs"] = measure_costs(trainer.method, data)
         record["costs"]["images_per_s"] = _mean_rate(run_dir)

@@ -102,8 +102,16 @@ class RunDir:
     checkpoint = property(lambda self: self.root / "checkpoint.pt")
     record = property(lambda self: self.root / "record.json")
 
+    features = property(lambda self: self.root / "features.pt")
+
     def is_finished(self) -> bool:
-        return self.record.exists()
+        """A run is done when its record says ok or diverged; failed runs are retried."""
+        if not self.record.exists():
+            return False
+        try:
+            return read_json(self.record).get("status") in ("ok", "diverged")
+        except (OSError, json.JSONDecodeError):
+            return False
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Rewrite the metrics file atomically with one more line (kept small: one line per epoch)."""

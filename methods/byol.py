@@ -32,11 +32,19 @@ from methods.losses import normalized_mse
 from torch import nn
 
 
+def default_base_momentum(epochs: int) -> float:
+    """τ_base of the official configs by budget: 0.97 (40 ep), 0.99 (100/300 ep), 0.996 (1000 ep)."""
+    if epochs <= 40:
+        return 0.97
+    return 0.99 if epochs <= 300 else 0.996
+
+
 class BYOLOptions(MethodOptions):
     proj_hidden: int = Field(4096, gt=0)
     proj_dim: int = Field(256, gt=0)
     base_momentum: float | None = Field(
-        None, ge=0, le=1, description="τ_base; default 0.99 up to 300 epochs, 0.996 beyond (paper presets)"
+        None, ge=0, le=1,
+        description="τ_base; default 0.97 up to 40 epochs, 0.99 up to 300, 0.996 beyond (official presets)",
     )
 
 
@@ -55,7 +63,7 @@ class BYOL(Method):
         self.projector = mlp_head([width, options.proj_hidden, options.proj_dim], **head)
         self.predictor = mlp_head([options.proj_dim, options.proj_hidden, options.proj_dim], **head)
         self.target = frozen_copy(nn.ModuleDict({"backbone": backbone, "projector": self.projector}))
-        self.base_momentum = options.base_momentum or (0.99 if ctx.epochs <= 300 else 0.996)
+        self.base_momentum = options.base_momentum or default_base_momentum(ctx.epochs)
         self.momentum = self.base_momentum
 
     def published_optim(self) -> OptimRecipe:

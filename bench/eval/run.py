@@ -7,9 +7,12 @@ result carries its protocol settings and the layer that produced the features.
 from __future__ import annotations
 
 import copy
+import logging
 import resource
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +20,10 @@ from bench.config import EvalConfig
 from bench.eval.collapse import collapse_indicator, effective_rank
 from bench.eval.features import extract_features
 from bench.eval.knn import knn_classify, knn_protocols
+from bench.eval.fewshot import few_shot
+from bench.store import atomic_torch_save
+
+log = logging.getLogger(__name__)
 
 
 def encoder_features(encoder: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int) -> torch.Tensor:
@@ -34,6 +41,8 @@ def monitor_knn(encoder: nn.Module, train, val, mean, std, device, batch_size: i
 
 def is_metric(key: str) -> bool:
     """Accuracy-like numbers go to ``metrics``; settings (k, T, C, draws, seed) to ``protocols``."""
+    if "val_" in key:  # validation scores used for selection are settings, not results
+        return False
     return key.endswith(("top1", "top5", "_ci95")) or key.split("_")[-1].isdigit()
 
 
@@ -42,11 +51,25 @@ def split_result(result: dict[str, Any], protocol: str, metrics: dict, protocols
     protocols[protocol] = {k: v for k, v in result.items() if not is_metric(k)}
 
 
-def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, seed: int) -> dict[str, Any]:
-    """Every enabled protocol on frozen features: returns ``{"metrics": ..., "protocols": ...}``."""
-    num_classes = data.train.num_classes
+def cached_features(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device,
+                    cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen train/test features, extracted once per run and cached (fp16) in the run folder."""
+    if cache is not None and cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        if blob["train"].shape[0] == len(data.train) and blob["test"].shape[0] == len(data.test):
+            return blob["train"].float(), blob["test"].float()
     train_f = encoder_features(encoder, data.train.images, data.mean, data.std, device, cfg.batch_size)
     test_f = encoder_features(encoder, data.test.images, data.mean, data.std, device, cfg.batch_size)
+    if cache is not None:
+        atomic_torch_save(cache, {"train": train_f.half(), "test": test_f.half()})
+    return train_f, test_f
+
+
+def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, seed: int,
+             cache: Path | None = None) -> dict[str, Any]:
+    """Every enabled protocol on frozen features: returns ``{"metrics": ..., "protocols": ...}``."""
+    num_classes = data.train.num_classes
+    train_f, test_f = cached_features(encoder, data, cfg, device, cache)
     ytr, yte = data.train.labels, data.test.labels
     metrics: dict[str, Any] = {
         "collapse": collapse_indicator(test_f),
@@ -54,21 +77,56 @@ def evaluate(encoder: nn.Module, data, cfg: EvalConfig, device: torch.device, se
         "feature_dim": int(train_f.shape[1]),
     }
     protocols: dict[str, Any] = {"features": {"n_train": len(ytr), "n_test": len(yte), "augmentation": "none"}}
-    if cfg.knn:
-        split_result(knn_protocols(train_f, ytr, test_f, yte, num_classes), "knn", metrics, protocols)
-    if cfg.linear:
-        from bench.eval.linear import linear_probe
-
-        lin = linear_probe(train_f.numpy(), ytr.numpy(), test_f.numpy(), yte.numpy(), seed=seed)
-        metrics["linear_top1"] = lin["top1"]
-        protocols["linear"] = {k: v for k, v in lin.items() if k != "top1"}
-    if cfg.fewshot:
-        from bench.eval.fewshot import few_shot
-
-        fs = few_shot(train_f.numpy(), ytr.numpy(), test_f.numpy(), yte.numpy(),
-                      shots=cfg.fewshot_shots, draws=cfg.fewshot_draws, seed=seed)
-        split_result(fs, "fewshot", metrics, protocols)
+    f_tr, y_tr, f_te, y_te = train_f.numpy(), ytr.numpy(), test_f.numpy(), yte.numpy()
+    jobs = {
+        "knn": (cfg.knn, lambda: knn_protocols(train_f, ytr, test_f, yte, num_classes)),
+        "linear": (cfg.linear, lambda: run_linear_probe(encoder, data, cfg, device, seed, train_f, test_f)),
+        "fewshot": (cfg.fewshot, lambda: few_shot(f_tr, y_tr, f_te, y_te, shots=cfg.fewshot_shots,
+                                                   draws=cfg.fewshot_draws, seed=seed)),
+        "semi_supervised": (cfg.semi_supervised, lambda: semi_supervised_feasible(f_tr, y_tr, f_te, y_te, seed)),
+    }
+    for name, (enabled, job) in jobs.items():
+        if not enabled:
+            continue
+        try:
+            result = job()
+        except Exception as e:  # noqa: BLE001 - one failing protocol must not lose the others
+            log.error("protocol %s failed: %s", name, e)
+            protocols[name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        if name == "linear":
+            result = {"linear_top1": result.pop("top1"), **result}
+        split_result(result, name, metrics, protocols)
     return {"metrics": metrics, "protocols": protocols}
+
+
+def semi_supervised_feasible(train_f, train_y, test_f, test_y, seed: int) -> dict[str, Any]:
+    """1 % / 10 % label subsets, keeping only fractions with ≥ 10 labels per class.
+
+    Each subset's C is chosen on a validation split of the subset itself; below 10 labels
+    per class that split cannot hold every class, so the fraction is skipped and recorded.
+    """
+    from bench.eval.fewshot import semi_supervised
+
+    n_classes = len(np.unique(train_y))
+    fractions = tuple(f for f in (0.01, 0.1) if f * len(train_y) >= 10 * n_classes)
+    skipped = [f for f in (0.01, 0.1) if f not in fractions]
+    out: dict[str, Any] = {"semi_skipped_fractions": skipped}
+    if fractions:
+        out.update(semi_supervised(train_f, train_y, test_f, test_y, fractions=fractions, seed=seed))
+    return out
+
+
+def run_linear_probe(encoder, data, cfg: EvalConfig, device, seed: int, train_f, test_f) -> dict[str, Any]:
+    """The suite's linear protocol: L-BFGS on cached features, or the augmented SGD probe."""
+    from bench.eval.linear import linear_probe, sgd_linear_probe
+
+    if cfg.linear_protocol == "sgd":
+        return sgd_linear_probe(encoder, data.train.images, data.train.labels.numpy(), data.test.images,
+                                data.test.labels.numpy(), mean=data.mean, std=data.std, epochs=cfg.sgd_epochs,
+                                batch_size=cfg.batch_size, seed=seed, device=device, amp=device.type == "cuda")
+    return linear_probe(train_f.numpy(), data.train.labels.numpy(), test_f.numpy(), data.test.labels.numpy(),
+                        seed=seed)
 
 
 def measure_costs(method, data, views_shape_batch: int = 2) -> dict[str, Any]:
