@@ -185,3 +185,31 @@ def test_kill_mid_run_then_rerun_completes(tmp_path):
     assert done.returncode == 0, done.stderr
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["status"] == "ok" and rec["resumed"] is True and rec["epochs_done"] == 6
+
+
+def test_suite_wide_method_options_apply_where_accepted_and_entries_win():
+    raw = suite_with(methods=["random", "simclr", {"method": "byol", "options": {"base_lr": 0.5}}],
+                     method_options={"optimizer": "sgd", "base_lr": 0.3, "temperature": 0.2})
+    specs = {s.method: s for s in expand_runs(parse_suite(raw))}
+    assert specs["simclr"].options["temperature"] == 0.2 and specs["simclr"].options["optimizer"] == "sgd"
+    assert "temperature" not in specs["byol"].options  # BYOL has no temperature: not applied
+    assert specs["byol"].options["base_lr"] == 0.5 and specs["byol"].options["optimizer"] == "sgd"
+    assert specs["simclr"].label == "simclr"  # suite-wide options do not clutter labels
+    with pytest.raises(SuiteError, match="method_options: unknown field"):
+        parse_suite(suite_with(method_options={"temprature": 0.2}))
+
+
+def test_failing_protocol_keeps_the_others(monkeypatch):
+    import bench.eval.run as er
+    from bench.config import EvalConfig
+    from bench.train import load_run_data
+
+    spec = expand_runs(parse_suite(TINY))[0]
+    data = load_run_data(spec)
+    monkeypatch.setattr(er, "few_shot", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    enc = __import__("bench.backbones", fromlist=["build_backbone"]).build_backbone("convnet4", in_channels=1,
+                                                                                     image_size=8)
+    out = er.evaluate(enc, data, EvalConfig(fewshot_draws=2, fewshot_shots=(1,)), torch.device("cpu"), 0)
+    assert out["protocols"]["fewshot"] == {"error": "RuntimeError: boom"}
+    assert 0 <= out["metrics"]["knn_top1"] <= 1 and 0 <= out["metrics"]["linear_top1"] <= 1
+    assert out["protocols"]["semi_supervised"]["semi_skipped_fractions"] == [0.01, 0.1]  # 240 labels only
