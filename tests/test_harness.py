@@ -213,3 +213,18 @@ def test_failing_protocol_keeps_the_others(monkeypatch):
     assert out["protocols"]["fewshot"] == {"error": "RuntimeError: boom"}
     assert 0 <= out["metrics"]["knn_top1"] <= 1 and 0 <= out["metrics"]["linear_top1"] <= 1
     assert out["protocols"]["semi_supervised"]["semi_skipped_fractions"] == [0.01, 0.1]  # 240 labels only
+
+
+def test_sgd_linear_protocol_runs_through_evaluate():
+    import bench.eval.run as er
+    from bench.backbones import build_backbone
+    from bench.config import EvalConfig
+    from bench.train import load_run_data
+
+    data = load_run_data(expand_runs(parse_suite(TINY))[0])
+    enc = build_backbone("convnet4", in_channels=1, image_size=8)
+    cfg = EvalConfig(knn=False, fewshot=False, semi_supervised=False, linear_protocol="sgd", sgd_epochs=2)
+    out = er.evaluate(enc, data, cfg, torch.device("cpu"), 0)
+    assert 0 <= out["metrics"]["linear_top1"] <= 1
+    lin = out["protocols"]["linear"]
+    assert lin["best_lr"] in lin["grid"] and lin["val_top1"] == lin["grid"][lin["best_lr"]]
