@@ -16,7 +16,7 @@ import torch
 
 from bench.config import RunSpec
 from bench.eval.run import evaluate, measure_costs, monitor_knn, peak_memory_mb
-from bench.store import RunDir, atomic_write_json, read_json, write_summary
+from bench.store import RunDir, atomic_write_json, read_json
 from bench.train import Diverged, Trainer, load_run_data, resolve_device, run_context_record, write_run_header
 
 log = logging.getLogger(__name__)

@@ -129,10 +129,10 @@ def run_linear_probe(encoder, data, cfg: EvalConfig, device, seed: int, train_f,
                         seed=seed)
 
 
-def measure_costs(method, data, views_shape_batch: int = 2) -> dict[str, Any]:
+def measure_costs(method, data, trace_batch: int = 2) -> dict[str, Any]:
     """Parameters, inference GMACs of the encoder, training MACs of one step of the method."""
     from bench.backbones import count_parameters
-    from bench.eval.flops import inference_gmacs, training_macs_per_step
+    from bench.eval.flops import inference_gmacs
 
     ctx = method.ctx
     out: dict[str, Any] = {
@@ -144,8 +144,8 @@ def measure_costs(method, data, views_shape_batch: int = 2) -> dict[str, Any]:
     out["inference_gmacs"] = inf.get("gmacs")
     out["inference_unsupported_ops"] = inf.get("unsupported", {})
     if method.requires_training:
-        step = step_macs(method, data, views_shape_batch)
-        per_image = step["train_macs"] / views_shape_batch
+        step = step_macs(method, data, trace_batch)
+        per_image = step["train_macs"] / trace_batch
         out["train_macs_per_image"] = per_image
         out["train_macs"] = per_image * ctx.steps_per_epoch * ctx.batch_size * ctx.epochs
         out["train_flops"] = 2 * out["train_macs"]
@@ -159,11 +159,10 @@ def measure_costs(method, data, views_shape_batch: int = 2) -> dict[str, Any]:
 class _StepForward(nn.Module):
     """Wraps ``method.forward_train`` on a fixed batch so fvcore can trace one step's forwards."""
 
-    def __init__(self, method, batch_views, labels, index) -> None:
+    def __init__(self, method, labels, index) -> None:
         super().__init__()
         self.method = method
         self.labels, self.index = labels, index
-        self.n = len(batch_views)
 
     def forward(self, *views):
         from methods.base import Batch
@@ -181,7 +180,7 @@ def step_macs(method, data, batch: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     views = aug(data.train.images[:batch], generator=gen)
     labels, index = data.train.labels[:batch], torch.arange(batch)
-    return training_macs_per_step(_StepForward(twin, views, labels, index), tuple(views))
+    return training_macs_per_step(_StepForward(twin, labels, index), tuple(views))
 
 
 def peak_memory_mb(device: torch.device) -> float:
