@@ -107,7 +107,7 @@ def accuracy_vs_flops(long_df: pd.DataFrame, protocol: str, metric: str, title: 
         ax.axhline(100 * row["acc"], color=palette.get(label, "grey"), lw=1.2, ls=":",
                    label=f"{label} ({row['role'] or 'no training'})")
     ax.set_xscale("log")
-    short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+", "e"))  # "2e10"
+    short = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.2g}".replace("e+", "e"))  # "2e10", "1.5e13"
     ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(base=10, subs=(2.0, 5.0)))
     ax.xaxis.set_minor_formatter(short)
     ax.xaxis.set_major_formatter(short)
