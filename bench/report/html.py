@@ -120,6 +120,12 @@ def leaderboard_specs(long_df: pd.DataFrame, runs: list[RunInfo]) -> list[Leader
                      and not m.endswith("_ci95") and not re.search(r"top[2-9]$", m)),
                     key=lambda pm: (_PROTOCOL_ORDER.index(pm[0]) if pm[0] in _PROTOCOL_ORDER else 99, pm))
     for p, m in others:
+        semi = re.match(r"^label([\d.]+)pct_top1$", m)
+        if semi:
+            specs.append(LeaderboardSpec(p, m, f"Semi-supervised, {semi.group(1)} % labels",
+                                         f"top-1 %, logistic regression on a fixed seeded, stratified {semi.group(1)} % "
+                                         "of the training labels (C chosen on a split of that subset), scored on test"))
+            continue
         specs.append(LeaderboardSpec(p, m, f"{p}: {m}",
                                      f"{m} (%), protocol '{p}'; its settings are in each run's record"))
     return specs
