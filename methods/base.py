@@ -116,6 +116,9 @@ class Method(nn.Module):
     requires_training: ClassVar[bool] = True
     #: True when the loss uses labels (the supervised ceiling); recorded in the report.
     uses_labels: ClassVar[bool] = False
+    #: True when the official optimizer decays (and LARS-adapts) every parameter, norms and
+    #: biases included (MoCo, SwAV); False excludes 1-D parameters (SimCLR, BYOL, MoCo v3, MAE).
+    decay_all_params: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, options: MethodOptions, ctx: RunContext) -> None:
         super().__init__()
@@ -167,6 +170,8 @@ class Method(nn.Module):
         ``params``, ``weight_decay`` (None = recipe value), ``lars_exclude``,
         ``fixed_lr`` (the schedule does not apply), ``name``.
         """
+        if self.decay_all_params:
+            return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]
         return split_decay_groups(self.named_parameters())
 
     # -- training -----------------------------------------------------------------------

@@ -128,6 +128,7 @@ class MoCo(Method):
     # SGD lr 0.03 at bs 256 (the README's 0.015 at bs 128 is linear scaling), momentum 0.9,
     # wd 1e-4 on every parameter, no warmup (main_moco.py).
     default_optim = OptimRecipe("sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0)
+    decay_all_params = True  # ``SGD(model.parameters())`` in main_moco.py
     use_mlp: bool = False
     default_temperature: float = 0.07
     recipe_name: str = "mocov1"
@@ -149,9 +150,6 @@ class MoCo(Method):
     def base_view_recipe(self) -> ViewRecipe:
         return recipe(self.recipe_name, self.ctx.image_size)
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """One group: the official code decays every parameter (``SGD(model.parameters())``)."""
-        return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]
 
     # -- encoders ---------------------------------------------------------------------------
     def _splits(self, n: int) -> int:

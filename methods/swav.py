@@ -96,6 +96,7 @@ class SwAV(Method):
     # final lr 0.001× peak (0.0048), 10 warmup epochs, cosine, wd 1e-6 (swav_800ep_pretrain.sh).
     # Deviation: the official warmup starts at 0.3 (bs 4096), the harness's at 0.
     default_optim = OptimRecipe("lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10, min_lr_ratio=0.001)
+    decay_all_params = True  # the official SGD decays, and LARC adapts, every parameter
 
     def __init__(self, backbone, options: SwAVOptions, ctx: RunContext) -> None:
         super().__init__(backbone, options, ctx)
@@ -112,9 +113,6 @@ class SwAV(Method):
     def base_view_recipe(self) -> ViewRecipe:
         return recipe("swav", self.ctx.image_size)
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """One group: the official SGD decays, and LARC adapts, every parameter."""
-        return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
