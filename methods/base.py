@@ -45,6 +45,11 @@ class RunContext:
     def total_steps(self) -> int:
         return max(1, self.epochs * self.steps_per_epoch)
 
+    @property
+    def small_images(self) -> bool:
+        """CIFAR-scale inputs (≤ 64 px), where official codes switch to their CIFAR settings."""
+        return self.image_size <= 64
+
 
 @dataclass(frozen=True)
 class OptimRecipe:

@@ -76,7 +76,7 @@ class BYOL(Method):
 
     def base_view_recipe(self) -> ViewRecipe:
         # Asymmetric pair (blur 1.0/0.1, solarize 0/0.2); at CIFAR scale without blur (solo-learn).
-        return recipe("byol_cifar" if self.ctx.image_size <= 64 else "byol", self.ctx.image_size)
+        return recipe("byol_cifar" if self.ctx.small_images else "byol", self.ctx.image_size)
 
     def online(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.projector(self.backbone(x)))

@@ -19,11 +19,6 @@ from methods.heads import mlp_head
 from methods.losses import nt_xent
 
 
-def small_images(ctx: RunContext) -> bool:
-    """CIFAR-scale inputs (≤ 64 px), where the official code switches to its CIFAR settings."""
-    return ctx.image_size <= 64
-
-
 class SimCLROptions(MethodOptions):
     temperature: float | None = Field(
         None, gt=0, description="τ; default 0.1 at ImageNet scale, 0.5 for ≤64 px (official CIFAR setting)"
@@ -47,11 +42,11 @@ class SimCLR(Method):
         hidden = options.proj_hidden or width
         dims = [width] + [hidden] * (self.proj_layers - 1) + [options.proj_dim]
         self.projector = mlp_head(dims, norm=options.head_norm, last_norm="bn_nobeta")
-        self.temperature = options.temperature or (0.5 if small_images(ctx) else 0.1)
+        self.temperature = options.temperature or (0.5 if ctx.small_images else 0.1)
 
     def base_view_recipe(self) -> ViewRecipe:
         # CIFAR: colour strength s=0.5 and no blur (paper App. B.9); ImageNet: s=1 with blur.
-        name = "simclr_cifar" if small_images(self.ctx) else "simclr"
+        name = "simclr_cifar" if self.ctx.small_images else "simclr"
         return recipe(name, self.ctx.image_size)
 
     def forward_train(self, batch: Batch) -> StepOutput:

@@ -204,9 +204,12 @@ def swav(**options):
 
 
 def test_swav_views_are_multicrop_and_grouped_by_resolution():
-    m = swav()
+    m = make("swav", image_size=96)
     sizes = [c.size for c in m.view_recipe().expanded()]
-    assert sizes[:2] == [32, 32] and len(sizes) == 8 and set(sizes[2:]) == {14}
+    assert sizes[:2] == [96, 96] and len(sizes) == 8 and set(sizes[2:]) == {41}  # 96/224 of 96
+    small = [c for c in swav().view_recipe().expanded()]  # CIFAR scale: 2 x 32, s=0.5, no blur
+    assert [c.size for c in small] == [32, 32] and small[0].jitter == (0.4, 0.4, 0.4, 0.1)
+    assert all(c.blur_p == 0 for c in small)
     custom = swav(multicrop=(2, 16))
     assert [c.size for c in custom.view_recipe().expanded()] == [32, 32, 16, 16]
     groups = group_by_resolution(fake_batch(4, (32, 32, 16, 16, 16)).views)
@@ -246,6 +249,18 @@ def test_swav_queue_fills_from_start_epoch_and_is_used_once_full():
     logs = [m.forward_train(batch).logs["queue_used"] for _ in range(3)]
     assert logs == [0.0, 0.0, 1.0]  # 8, then 16 entries: used from the third step on
     assert torch.allclose(m.queue.norm(dim=2), torch.ones(2, 16), atol=1e-5)
+
+
+def test_swav_hard_assignment_gives_one_hot_codes_from_sinkhorn():
+    torch.manual_seed(0)
+    soft, hard = swav(), swav(hard_assignment=True)
+    hard.load_state_dict(soft.state_dict())
+    scores = torch.randn(8, 30)
+    z = F.normalize(torch.randn(8, 16), dim=1)
+    q_soft, q_hard = soft.codes(0, scores, z), hard.codes(0, scores, z)
+    assert torch.equal(q_hard.sum(dim=1), torch.ones(8)) and set(q_hard.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(q_hard.argmax(dim=1), q_soft.argmax(dim=1))
+    assert hard.extra_record()["hard_assignment"] is True
 
 
 def test_swav_loss_starts_near_log_k_with_uniform_codes():

@@ -217,6 +217,14 @@ def _swav(size: int) -> ViewRecipe:
     return ViewRecipe((glob,)).with_multicrop(6, _local_size(size), (0.05, 0.14))
 
 
+def _swav_cifar(size: int) -> ViewRecipe:
+    # SwAV at CIFAR scale: 2 x 32 crops, no local crops (the author in facebookresearch/swav#23;
+    # solo-learn and lightly's CIFAR-10 benchmarks), and softer augmentation - colour strength
+    # s=0.5 and no blur, as SimCLR's CIFAR setting - which is one of the official README's
+    # remedies for a loss stuck at ln K ("less crops or softer data augmentation").
+    return _simclr_cifar(size)
+
+
 def _dino(size: int) -> ViewRecipe:
     # DINO main_dino.py: 2 global (0.4-1) asymmetric like BYOL + 8 local (0.05-0.4) blur .5.
     pair = _byol_pair(size, (0.4, 1.0), (1.0, 0.1))
@@ -250,6 +258,7 @@ _RECIPES: dict[str, Callable[[int], ViewRecipe]] = {
     "byol": _byol,
     "byol_cifar": _byol_cifar,
     "swav": _swav,
+    "swav_cifar": _swav_cifar,
     "dino": _dino,
     "mae": _mae,
     "cmc": _cmc,
