@@ -84,8 +84,10 @@ def build_optimizer(param_groups: list[dict[str, Any]], recipe: OptimRecipe, bat
 
 
 @dataclass(frozen=True)
-class WarmupCosine:
-    """Per-step schedule: linear warmup from 0 to the peak, then cosine to ``min_ratio``·peak.
+class LRSchedule:
+    """Per-step schedule: linear warmup from 0 to the peak, then either cosine to
+    ``min_ratio``·peak or, when ``milestones`` (steps) are given, a step decay that multiplies
+    the peak by ``gamma`` at each milestone passed.
 
     Groups flagged ``fixed_lr`` (SimSiam's predictor) keep the peak lr throughout.
     """
@@ -93,10 +95,14 @@ class WarmupCosine:
     total_steps: int
     warmup_steps: int
     min_ratio: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
 
     def factor(self, step: int) -> float:
         if self.warmup_steps and step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        if self.milestones:
+            return self.gamma ** sum(step >= m for m in self.milestones)
         span = max(1, self.total_steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
@@ -109,7 +115,7 @@ class WarmupCosine:
         return lr
 
 
-def build_schedule(recipe: OptimRecipe, epochs: int, steps_per_epoch: int, max_warmup_fraction: float = 0.1) -> WarmupCosine:
+def build_schedule(recipe: OptimRecipe, epochs: int, steps_per_epoch: int, max_warmup_fraction: float = 0.1) -> LRSchedule:
     """Warmup of the recipe's epochs, capped at ``max_warmup_fraction`` of the budget.
 
     A 10-epoch warmup is part of 100–1000-epoch recipes; on a 10-epoch CPU budget the cap
@@ -117,4 +123,10 @@ def build_schedule(recipe: OptimRecipe, epochs: int, steps_per_epoch: int, max_w
     """
     total = max(1, epochs * steps_per_epoch)
     warmup = int(round(min(recipe.warmup_epochs * steps_per_epoch, max_warmup_fraction * total)))
-    return WarmupCosine(total_steps=total, warmup_steps=warmup, min_ratio=recipe.min_lr_ratio)
+    if recipe.lr_decay == "step":
+        if not recipe.step_milestones or not all(0 < f < 1 for f in recipe.step_milestones):
+            raise ValueError(f"lr_decay 'step' needs the recipe's step_milestones as fractions in (0, 1), got "
+                             f"{recipe.step_milestones}; use lr_decay: cosine for a method that declares none")
+        milestones = tuple(int(round(f * total)) for f in sorted(recipe.step_milestones))
+        return LRSchedule(total, warmup, milestones=milestones, gamma=recipe.step_gamma)
+    return LRSchedule(total_steps=total, warmup_steps=warmup, min_ratio=recipe.min_lr_ratio)

@@ -250,6 +250,7 @@ def run_context_record(trainer: Trainer) -> dict[str, Any]:
     return {
         "recipe": asdict(trainer.recipe), "peak_lr": trainer.peak_lr,
         "warmup_steps": trainer.schedule.warmup_steps, "total_steps": trainer.schedule.total_steps,
+        "lr_milestone_steps": list(trainer.schedule.milestones),
         "steps_per_epoch": trainer.ctx.steps_per_epoch, "train_images": len(trainer.data.train),
         "views": [asdict(c) for c in trainer.method.view_recipe().expanded()],
     }

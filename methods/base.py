@@ -57,6 +57,9 @@ class OptimRecipe:
 
     ``lr_scaling``: "linear" → lr = base_lr·bs/256 (Goyal et al. 2017), "sqrt" →
     lr = base_lr·√(bs/256) (SimCLR App. B.1), "none" → base_lr as is.
+    ``lr_decay``: "cosine" to ``min_lr_ratio``·peak, or "step": × ``step_gamma`` at each of
+    ``step_milestones``, given as fractions of the budget so that a recipe published for a
+    fixed epoch count (MoCo v1: 120 and 160 of 200 epochs) keeps its shape on any budget.
     """
 
     optimizer: Literal["sgd", "lars", "adamw", "adam"]
@@ -68,6 +71,9 @@ class OptimRecipe:
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     min_lr_ratio: float = 0.0
     lars_eta: float = 1e-3
+    lr_decay: Literal["cosine", "step"] = "cosine"
+    step_milestones: tuple[float, ...] = ()
+    step_gamma: float = 0.1
     grad_clip: float | None = None
 
 
@@ -89,6 +95,9 @@ class MethodOptions(BaseModel):
     base_lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     warmup_epochs: float | None = Field(None, ge=0)
+    lr_decay: Literal["cosine", "step"] | None = Field(
+        None, description="cosine | step (at the recipe's milestones); default: the method's recipe"
+    )
 
 
 @dataclass
@@ -163,7 +172,7 @@ class Method(nn.Module):
         o = self.options
         overrides = {
             k: getattr(o, k)
-            for k in ("optimizer", "base_lr", "weight_decay", "warmup_epochs")
+            for k in ("optimizer", "base_lr", "weight_decay", "warmup_epochs", "lr_decay")
             if getattr(o, k) is not None
         }
         return replace(self.published_optim(), **overrides)

@@ -7,6 +7,7 @@ against the closed forms in METHODS.md.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -76,20 +77,37 @@ def cross_entropy_soft(targets: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
+                   across_ranks: bool = False) -> torch.Tensor:
     """Equipartitioned soft assignments Q (SwAV, Caron et al. 2020, Eq. 3 and App. A.1).
 
     ``scores``: B×K prototype scores. Works on Q = exp(S/ε)ᵀ (K×B) in float32 (exp(1/0.05)
     overflows fp16), alternately normalising rows to 1/K and columns to 1/B. After the
     last iteration the column (per-sample) marginal is exact; rows are only approximately
     1/K. Returns B×K with each row summing to 1.
+
+    ``across_ranks``: with ``torch.distributed`` initialised, the total and the row sums are
+    all-reduced and B is the global batch, as ``distributed_sinkhorn`` in ``main_swav.py``: each
+    rank gets its rows of the codes of the whole global batch.
     """
+    reduce = across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     s = scores.float() / epsilon
-    q = torch.exp(s - s.max()).T  # subtracting a constant cancels in the normalisation
-    q /= q.sum()
+    shift = s.max()
+    if reduce:  # one shift for every rank; a constant cancels in the normalisation
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = torch.exp(s - shift).T
     k, b = q.shape
+    if reduce:
+        b *= dist.get_world_size()
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        if reduce:
+            dist.all_reduce(x)
+        return x
+
+    q /= total(q.sum())
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)
+        q /= total(q.sum(dim=1, keepdim=True))
         q /= k
         q /= q.sum(dim=0, keepdim=True)
         q /= b

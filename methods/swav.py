@@ -40,8 +40,8 @@ Sizing from the data when options are unset (recorded in ``extra_record``):
 
 The queue (``queue_length`` > 0, off by default as in the 800-epoch bs-4096 recipe; the
 bs-256 recipe uses 3,840 from epoch 15) starts filling at ``queue_start_epoch`` and is used
-only once full. Known deviation: with ``torch.distributed`` the official Sinkhorn all-reduces
-its sums across ranks; here each rank equipartitions its own batch.
+only once full. With ``torch.distributed`` the Sinkhorn sums are all-reduced, so the codes
+equipartition the global batch (each rank's queue stays its own, as in the official code).
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ class SwAV(Method):
         out = scores.detach().float()
         if self.queue_full():
             out = torch.cat([self.queue[crop] @ self.prototypes.weight.float().T, out])
-        q = sinkhorn_knopp(out, self.options.epsilon, self.options.sinkhorn_iterations)[-scores.shape[0]:]
+        q = sinkhorn_knopp(out, self.options.epsilon, self.options.sinkhorn_iterations,
+                           across_ranks=True)[-scores.shape[0]:]
         if self.options.hard_assignment:
             q = F.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
         if self.queue_active():

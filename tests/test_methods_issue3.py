@@ -68,6 +68,11 @@ def test_moco_heads_temperatures_and_recipes():
     assert v2.view_recipe().crops[0].blur_p == 0.5  # aug-plus
     recipe = v2.optim_recipe()
     assert (recipe.optimizer, recipe.base_lr, recipe.weight_decay, recipe.warmup_epochs) == ("sgd", 0.03, 1e-4, 0)
+    assert recipe.lr_decay == "cosine"  # --cos
+    v1_recipe = v1.optim_recipe()  # --schedule 120 160 of 200 epochs
+    assert (v1_recipe.lr_decay, v1_recipe.step_milestones, v1_recipe.base_lr) == ("step", (0.6, 0.8), 0.03)
+    assert make("mocov1", optimizer="sgd", base_lr=0.3).optim_recipe().lr_decay == "step"  # overrides keep it
+    assert make("mocov1", lr_decay="cosine").optim_recipe().lr_decay == "cosine"  # unless the suite says
     assert v2.queue.shape == (128, v2.queue_size)
     assert torch.allclose(v2.queue.norm(dim=0), torch.ones(v2.queue_size))
 
@@ -165,13 +170,18 @@ def _moco_two_rank_worker(rank: int, init_file: str) -> None:
         dist.destroy_process_group()
 
 
-def test_moco_distributed_shuffle_and_gather(tmp_path):
+def run_on_two_ranks(worker, tmp_path) -> None:
+    """Run ``worker(rank, init_file)`` in two gloo processes (CPU)."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    mp.spawn(_moco_two_rank_worker, args=(str(tmp_path / "pg"),), nprocs=2, join=True)
+    mp.spawn(worker, args=(str(tmp_path / "pg"),), nprocs=2, join=True)
+
+
+def test_moco_distributed_shuffle_and_gather(tmp_path):
+    run_on_two_ranks(_moco_two_rank_worker, tmp_path)
 
 
 # -- SimCLR v2 -----------------------------------------------------------------------------------------
@@ -261,6 +271,31 @@ def test_swav_hard_assignment_gives_one_hot_codes_from_sinkhorn():
     assert torch.equal(q_hard.sum(dim=1), torch.ones(8)) and set(q_hard.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(q_hard.argmax(dim=1), q_soft.argmax(dim=1))
     assert hard.extra_record()["hard_assignment"] is True
+
+
+def _sinkhorn_two_rank_worker(rank: int, init_file: str) -> None:
+    """One of two gloo processes: each rank holds half the batch and gets its rows of the codes
+    of the whole batch (sums all-reduced), exactly as one process with the whole batch."""
+    import torch.distributed as dist
+
+    from methods.losses import sinkhorn_knopp
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        scores = F.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+        whole = sinkhorn_knopp(scores, 0.05, 3)
+        mine = sinkhorn_knopp(scores.chunk(2)[rank] + 0.1 * rank, 0.05, 3, across_ranks=True)  # rank-wise
+        shifted = torch.cat([scores.chunk(2)[0], scores.chunk(2)[1] + 0.1])  # max differs per rank
+        assert torch.allclose(mine, sinkhorn_knopp(shifted, 0.05, 3).chunk(2)[rank], atol=1e-6)
+        local = sinkhorn_knopp(scores.chunk(2)[rank], 0.05, 3, across_ranks=True)
+        assert torch.allclose(local, whole.chunk(2)[rank], atol=1e-6)
+        assert not torch.allclose(sinkhorn_knopp(scores.chunk(2)[rank], 0.05, 3), whole.chunk(2)[rank], atol=1e-4)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_swav_sinkhorn_equipartitions_the_global_batch_across_ranks(tmp_path):
+    run_on_two_ranks(_sinkhorn_two_rank_worker, tmp_path)
 
 
 def test_swav_loss_starts_near_log_k_with_uniform_codes():

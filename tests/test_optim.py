@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bench.optim import LARS, WarmupCosine, build_optimizer, build_schedule, scaled_lr
+from bench.optim import LARS, LRSchedule, build_optimizer, build_schedule, scaled_lr
 from methods.base import OptimRecipe
 
 
@@ -18,12 +18,22 @@ def test_lr_scaling_rules():
 
 
 def test_schedule_warmup_then_cosine():
-    s = WarmupCosine(total_steps=100, warmup_steps=10)
+    s = LRSchedule(total_steps=100, warmup_steps=10)
     assert s.factor(0) == pytest.approx(0.1)
     assert s.factor(9) == pytest.approx(1.0)
     assert s.factor(10) == pytest.approx(1.0)
     assert s.factor(55) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert s.factor(100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_step_decay_at_budget_fractions():
+    r = OptimRecipe("sgd", 0.03, 1e-4, lr_decay="step", step_milestones=(0.6, 0.8))
+    s = build_schedule(r, epochs=200, steps_per_epoch=10)  # MoCo v1: x0.1 at epochs 120 and 160
+    assert s.milestones == (1200, 1600)
+    assert [s.factor(t) for t in (0, 1199, 1200, 1599, 1600, 1999)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ValueError, match="milestones"):
+        build_schedule(OptimRecipe("sgd", 0.03, 0, lr_decay="step"), 10, 10)
 
 
 def test_warmup_capped_to_fraction_of_short_budgets():
@@ -35,7 +45,7 @@ def test_warmup_capped_to_fraction_of_short_budgets():
 def test_fixed_lr_groups_keep_peak():
     a, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
     opt = build_optimizer([{"params": [a]}, {"params": [b], "fixed_lr": True}], OptimRecipe("sgd", 0.1, 0), 256)
-    WarmupCosine(100, 0).apply(opt, 50, 0.1)
+    LRSchedule(100, 0).apply(opt, 50, 0.1)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.1)
 
