@@ -239,6 +239,12 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         t.lerp_(o.detach(), 1.0 - momentum)
 
 
+def distributed_world() -> int:
+    """Number of processes when torch.distributed is initialised, else 1."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with ``requires_grad=False``: a momentum/target network."""
     import copy

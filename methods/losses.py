@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from methods.base import distributed_world
+
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent (SimCLR, Chen et al. 2020, Eq. 1), averaged over all 2N anchors.
@@ -90,7 +92,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     all-reduced and B is the global batch, as ``distributed_sinkhorn`` in ``main_swav.py``: each
     rank gets its rows of the codes of the whole global batch.
     """
-    reduce = across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    reduce = across_ranks and distributed_world() > 1
     s = scores.float() / epsilon
     shift = s.max()
     if reduce:  # one shift for every rank; a constant cancels in the normalisation
@@ -98,7 +100,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     q = torch.exp(s - shift).T
     k, b = q.shape
     if reduce:
-        b *= dist.get_world_size()
+        b *= distributed_world()
 
     def total(x: torch.Tensor) -> torch.Tensor:
         if reduce:

@@ -62,6 +62,7 @@ from methods.base import (
     OptimRecipe,
     RunContext,
     StepOutput,
+    distributed_world,
     ema_update,
     frozen_copy,
     register,
@@ -95,11 +96,6 @@ def default_key_momentum(steps_per_epoch: int) -> float:
 def default_bn_splits(batch_size: int) -> int:
     """G = clip(B/32, 1, 8): sub-batches of ~32 images, like the official 8 × 32 = 256."""
     return max(1, min(MAX_BN_SPLITS, batch_size // IMAGES_PER_BN_SPLIT))
-
-
-def distributed_world() -> int:
-    """Number of processes when torch.distributed is initialised, else 1."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @torch.no_grad()
@@ -150,7 +146,6 @@ class MoCo(Method):
 
     def base_view_recipe(self) -> ViewRecipe:
         return recipe(self.recipe_name, self.ctx.image_size)
-
 
     # -- encoders ---------------------------------------------------------------------------
     def _splits(self, n: int) -> int:

@@ -131,7 +131,6 @@ class SwAV(Method):
         # keep the loss at ln K on a short budget (measured; see the module docstring).
         return recipe("swav_cifar" if self.ctx.small_images else "swav", self.ctx.image_size)
 
-
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         """C ← C/‖C‖ row-wise (each prototype on the unit sphere)."""
